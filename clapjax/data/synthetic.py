@@ -1,0 +1,517 @@
+"""A UCF-Crime / XD-Violence shaped synthetic dataset: real structure, synthetic values.
+
+Everything except the feature values is real: video counts, names, order,
+per-video lengths, video labels, event classes, the test anomaly intervals
+and (through :mod:`clapjax.splits`) the official participant splits. The
+features are generated lazily and deterministically: video ``t`` of a part is
+a function of ``(seed, dataset, part, t)`` alone (its own
+``np.random.SeedSequence``), so a participant generates only its own videos
+and any subset is reproducible without generating the rest.
+
+Generative model of one video (all sizes per feature dimension, ``D`` dims):
+
+* **Normal appearance** of a *scene*: a positive global mean (I3D features are
+  post-ReLU averages), a scene offset, a scene-specific rank-``r`` basis
+  (half shared, half scene-own) and scene noise and gain. UCF training videos
+  take their scene from the official 11-scene membership; other videos get a
+  hashed scene (XD: hashed by source movie/channel, so clips of one movie share
+  a scene). Each video adds a static offset and its own gain (camera,
+  exposure), so magnitudes differ between videos and participants.
+* **Temporal smoothness**: the latent ``r``-dim state is AR(1) with a per-video
+  coefficient around ``smoothness`` (consecutive I3D segments are strongly
+  correlated); a smaller white-noise part and small per-crop deviations
+  (crops of one clip are near copies) are added.
+* **Anomalies** (anomalous videos, inside their windows): an event-class
+  pattern (half shared by all classes, e.g. sudden motion, half
+  class-specific) of class-specific strength (log-normal across classes and videos),
+  with a class-specific temporal variation and smooth onsets. In a fraction
+  ``no_rise_fraction`` of anomalous videos (the fraction varies by class) the
+  anomaly changes only the *direction* of the feature: each segment is rescaled
+  to its normal norm, so there is no rise in feature magnitude at all. The
+  other anomalies add a positive pattern, which raises the magnitude.
+* **Windows**: test windows are the real annotated intervals. Training windows
+  are drawn from the real test intervals of the same class (relative position
+  and length, all intervals of one test video, jittered), so their number,
+  position and relative length follow the real annotation statistics.
+* **Footage bias**: the white-noise level varies per video and is higher by
+  ``video_bias`` (log scale) for anomalous videos.
+* **Distractors**: a fraction ``burst_fraction`` of normal videos has magnitude
+  bursts (camera motion, lighting): windows where the feature is scaled up and
+  a generic pattern is added. A magnitude-only detector fires on them.
+
+Defaults and reasons (``SyntheticConfig.preset("default")``):
+
+* ``feature_dim=128, crops=2``: real lengths are kept (779,780 UCF train
+  segments); at D=2048 x 10 crops that is 64 GB. 128 x 2 is 0.8 GB in float32
+  and keeps the main command (13 participants, 10 rounds of a
+  D->512->32->1 MLP over every segment) within minutes on 2 CPU cores, while
+  still being high-dimensional relative to the rank-16 normal variation
+  (the entropy statistic needs a spectrum) and keeping a real crop axis
+  (per-crop probabilities, reference crop handling).
+* ``rank=16, smoothness=0.9``: a low-dimensional, slowly varying normal
+  manifold, like the strong temporal correlation of I3D segment features.
+* ``strength=0.6, no_rise_fraction=0.5, burst_fraction=0.3``: tuned so the
+  benchmark is neither trivial nor impossible. On the default UCF test set the
+  "feature norm" scorer reaches a frame AUC of about 0.67 (half of the
+  anomalies do not raise the norm, per-video gains and normal bursts confuse
+  it) while a supervised linear oracle (logistic regression on true segment
+  labels of training videos) reaches about 0.96; both are asserted in the
+  tests (norm < 0.75, oracle > 0.85) and are stable across seeds.
+* ``anomaly_variation=1.0, anomaly_smoothness=0.6``: anomalies are events:
+  they vary faster and in more directions than the normal scene.
+* ``video_bias=0.2``: anomalous footage is on average slightly noisier over
+  the whole video, a mild dataset-level difference (video-level AUC of the
+  consecutive-norm-difference std and of the covariance entropy about 0.6).
+  Set 0 to make anomalous videos differ from normal ones only inside their
+  anomalies.
+
+The ``tiny`` preset (tests) keeps every video but caps lengths at 32 segments
+(test intervals are rescaled to the shortened videos) with D=16: only for
+quick end-to-end runs; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from typing import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from clapjax import splits as splits_mod
+from clapjax import tables
+from clapjax.data.groundtruth import INTERVAL_CONVENTION, interval_labels, segment_labels_from_frames
+from clapjax.data.sources import CROP_MODES, SourceBase, _resolve_videos
+from clapjax.tables import FRAMES_PER_SEGMENT
+
+__all__ = ["SyntheticConfig", "SyntheticSource", "shrink_split"]
+
+_PART_CODE = {("ucf", "train"): 0, ("ucf", "test"): 1, ("xd", "train"): 2, ("xd", "test"): 3}
+_GLOBAL_STREAM = 1_000_000  # distinct from any video index
+_BLOCK = 64  # AR(1) block length
+_DYN_RANK = 8  # rank of the within-anomaly temporal variation of a class
+#: Weight of the pattern all anomaly classes share (the rest is class-specific).
+SHARED = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Generator settings (see the module docstring for the model and defaults).
+
+    Attributes:
+      seed: base seed; video t's features depend on (seed, dataset, part, t) only.
+      feature_dim: ``D``.
+      crops: crops per segment.
+      rank: rank of the scene-specific normal variation.
+      smoothness: mean AR(1) coefficient of the latent normal dynamics.
+      noise: white per-segment noise (per-dimension std, before gains).
+      strength: anomaly strength multiplier: the difficulty knob (lower = harder).
+      no_rise_fraction: mean fraction of anomalous videos whose anomaly keeps
+        the feature norm unchanged.
+      burst_fraction: fraction of normal videos with magnitude bursts.
+      burst_strength: typical relative magnitude increase of a burst.
+      anomaly_variation: size of the class-specific temporal variation inside
+        an anomaly, relative to its mean pattern (anomalies are eventful).
+      video_bias: log-scale increase of the white-noise level of every
+        segment of anomalous videos (whole video, not just the anomaly):
+        models that anomalous footage is, on average, shakier/busier than
+        normal footage. 0 removes any video-level difference outside the
+        anomaly itself.
+      anomaly_smoothness: AR(1) coefficient of that variation (below the
+        normal ``smoothness``: events change faster than normal scenes).
+      xd_scenes: number of hashed scenes for XD-Violence.
+      max_segments: cap on video length; ``None`` keeps the real lengths
+        (only the ``tiny`` preset shortens videos).
+    """
+
+    seed: int = 0
+    feature_dim: int = 128
+    crops: int = 2
+    rank: int = 16
+    smoothness: float = 0.9
+    noise: float = 0.2
+    strength: float = 0.6
+    no_rise_fraction: float = 0.5
+    burst_fraction: float = 0.3
+    burst_strength: float = 0.5
+    anomaly_variation: float = 1.0
+    video_bias: float = 0.2
+    anomaly_smoothness: float = 0.6
+    xd_scenes: int = 16
+    max_segments: int | None = None
+
+    def __post_init__(self):
+        if self.feature_dim < 2 or self.crops < 1 or self.rank < 1:
+            raise ValueError(
+                f"SyntheticConfig: feature_dim >= 2, crops >= 1 and rank >= 1 are required, got "
+                f"{self.feature_dim}, {self.crops}, {self.rank}"
+            )
+        for f in ("smoothness", "anomaly_smoothness"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise ValueError(f"SyntheticConfig: {f} must be in [0, 1), got {getattr(self, f)}")
+        for f in ("no_rise_fraction", "burst_fraction"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                raise ValueError(f"SyntheticConfig: {f} must be in [0, 1], got {getattr(self, f)}")
+        if min(self.strength, self.noise, self.burst_strength, self.anomaly_variation) < 0:
+            raise ValueError(
+                "SyntheticConfig: strength, noise, burst_strength and anomaly_variation must be >= 0"
+            )
+        if self.max_segments is not None and self.max_segments < 1:
+            raise ValueError(f"SyntheticConfig: max_segments must be >= 1, got {self.max_segments}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "SyntheticConfig":
+        """``"default"`` (main command, real lengths) or ``"tiny"`` (tests)."""
+        presets = {
+            "default": {},
+            "tiny": {"feature_dim": 16, "crops": 2, "rank": 4, "max_segments": 32},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown synthetic preset {name!r}; valid: {', '.join(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def shrink_split(split: splits_mod.Split, videos_per_participant: int) -> splits_mod.Split:
+    """A smaller split for quick runs: each participant keeps its first
+    ``videos_per_participant`` anomalous and first ``videos_per_participant``
+    normal videos (train-table indices unchanged, so any source reads them)."""
+    n = int(videos_per_participant)
+    if n < 1:
+        raise ValueError(f"videos_per_participant must be >= 1, got {videos_per_participant}")
+    parts = []
+    for p in split.participants:
+        anom = split.table.anomalous[p]
+        parts.append(np.sort(np.concatenate([p[anom][:n], p[~anom][:n]])))
+    small = dataclasses.replace(
+        split, participants=tuple(parts), source=f"shrink_split({split.source}, {n})"
+    )
+    return splits_mod.validate(small, require_cover=False)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _GlobalModel:
+    """Scene and class parameters shared by all videos of one (dataset, config)."""
+
+    def __init__(self, dataset: str, cfg: SyntheticConfig):
+        D, r = cfg.feature_dim, cfg.rank
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _GLOBAL_STREAM, 0]))
+        # Positive mean (post-ReLU features), per-dimension mean 0.5.
+        self.mean = rng.gamma(2.0, 0.25, D)
+        shared_basis = rng.standard_normal((r, D))
+        self.n_scenes = 11 if dataset == "ucf" else int(cfg.xd_scenes)
+        self.scene_offset = 0.2 * rng.standard_normal((self.n_scenes, D))
+        own = rng.standard_normal((self.n_scenes, r, D))
+        # Per-dimension std of W^T h is 0.35 for a unit-variance h.
+        self.scene_basis = 0.35 * (shared_basis[None] + own) / np.sqrt(2.0 * r)
+        self.scene_basis32 = self.scene_basis.astype(np.float32)
+        self.scene_noise = cfg.noise * np.exp(0.2 * rng.standard_normal(self.n_scenes))
+        self.scene_gain = np.exp(0.15 * rng.standard_normal(self.n_scenes))
+        burst = rng.gamma(2.0, 0.5, D)
+        self.burst_pattern = burst / np.sqrt(np.mean(burst**2))
+        # Unit direction of the mean: no-rise patterns are made orthogonal to it.
+        self._mean_dir = self.mean / np.linalg.norm(self.mean)
+        # What anomalies of different classes share (e.g. sudden motion): one
+        # positive and one zero-mean pattern, mixed into every class pattern.
+        self.common_add = self._rms_one(np.abs(rng.standard_normal(D)))
+        self.common_rot = self._rms_one(self._no_mean(rng.standard_normal(D)))
+        self._cfg = cfg
+        self._classes: dict[str, tuple] = {}
+
+    @staticmethod
+    def _rms_one(v: np.ndarray) -> np.ndarray:
+        return v / np.sqrt(np.mean(v**2))
+
+    def _no_mean(self, v: np.ndarray) -> np.ndarray:
+        return v - (v @ self._mean_dir) * self._mean_dir
+
+    def event(self, label: str):
+        """(additive pattern [D], no-rise pattern [D], dynamics [4, D], strength, no-rise prob)."""
+        if label not in self._classes:
+            cfg, D = self._cfg, self._cfg.feature_dim
+            code = zlib.crc32(label.encode())
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _GLOBAL_STREAM, 1, code]))
+            mask = rng.random(D) < 0.3
+            mask[rng.integers(D)] = True
+            add = self._rms_one(np.abs(rng.standard_normal(D)) * mask)
+            add = self._rms_one(SHARED * self.common_add + (1 - SHARED) * add)
+            rot = self._rms_one(self._no_mean(rng.standard_normal(D) * mask))
+            rot = self._rms_one(self._no_mean(SHARED * self.common_rot + (1 - SHARED) * rot))
+            # Unit per-dimension std on the class's dims for a unit-variance state.
+            dyn = rng.standard_normal((_DYN_RANK, D)) * mask / np.sqrt(_DYN_RANK)
+            strength = float(np.exp(np.clip(0.25 * rng.standard_normal(), -0.5, 0.5)))
+            no_rise = float(np.clip(cfg.no_rise_fraction + 0.15 * rng.standard_normal(), 0.0, 1.0))
+            if cfg.no_rise_fraction in (0.0, 1.0):
+                no_rise = cfg.no_rise_fraction
+            self._classes[label] = (add, rot, dyn, strength, no_rise)
+        return self._classes[label]
+
+
+@functools.lru_cache(maxsize=8)
+def _global_model(dataset: str, cfg: SyntheticConfig) -> _GlobalModel:
+    return _GlobalModel(dataset, cfg)
+
+
+@functools.lru_cache(maxsize=2)
+def _ucf_train_scenes() -> np.ndarray:
+    split = splits_mod.load("ucf", "scene", 11)
+    scene = np.full(len(split.table), -1, np.int64)
+    for k, p in enumerate(split.participants):
+        scene[p] = k
+    return scene
+
+
+def _event_labels(dataset: str, cls: str) -> list[str]:
+    """Event labels of a video's class field (XD codes like ``B2-B6-0`` are multi-label)."""
+    if dataset == "ucf":
+        return [cls]
+    return [c for c in cls.split("-") if c not in ("0", "A")] or ["A"]
+
+
+@functools.lru_cache(maxsize=4)
+def _test_interval_pool(dataset: str) -> dict[str, list[list[tuple[float, float]]]]:
+    """Relative (start, length) interval sets of real test videos, by primary event label."""
+    table = tables.load_table(dataset, "test")
+    conv = INTERVAL_CONVENTION[dataset]
+    pool: dict[str, list] = {}
+    for i in np.flatnonzero(table.anomalous):
+        nf = int(table.n_frames[i])
+        rel = []
+        for s, e in table.anomaly_frames[i]:
+            stop = min(e + 1 if conv == "inclusive" else e, nf)
+            if stop > s:
+                rel.append((s / nf, (stop - s) / nf))
+        if rel:
+            pool.setdefault(_event_labels(dataset, table.classes[i])[0], []).append(rel)
+            pool.setdefault("*", []).append(rel)
+    return pool
+
+
+def _ar1(rng: np.random.Generator, m: int, k: int, phi: float) -> np.ndarray:
+    """Stationary unit-variance AR(1) ``[m, k]``, exact, in blocks of 64 steps."""
+    nb = -(-m // _BLOCK)
+    e = np.zeros((nb * _BLOCK, k))
+    e[:m] = rng.standard_normal((m, k)) * np.sqrt(1.0 - phi * phi)
+    e = e.reshape(nb, _BLOCK, k)
+    lag = np.arange(_BLOCK)[:, None] - np.arange(_BLOCK)[None, :]
+    kernel = np.where(lag >= 0, phi ** np.maximum(lag, 0), 0.0)
+    y = np.einsum("ij,njk->nik", kernel, e)
+    decay = phi ** np.arange(1, _BLOCK + 1)
+    state = rng.standard_normal(k)
+    for n in range(nb):
+        y[n] += decay[:, None] * state
+        state = y[n, -1]
+    return y.reshape(nb * _BLOCK, k)[:m]
+
+
+def _envelope(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Anomaly envelope ``[m]`` in (0, 1.5] on labelled runs, 0 elsewhere.
+
+    Smooth onsets/offsets (labelled edges are weaker) and slow fluctuations.
+    """
+    m = labels.size
+    env = np.zeros(m)
+    lab = np.r_[0, labels.astype(np.int8), 0]
+    starts = np.flatnonzero(np.diff(lab) == 1)
+    ends = np.flatnonzero(np.diff(lab) == -1)
+    for a, b in zip(starts, ends):
+        n = b - a
+        ramp_len = min(3, n // 3)
+        run = np.ones(n)
+        if ramp_len:
+            ramp = np.linspace(0.35, 1.0, ramp_len + 1)[:-1]
+            run[:ramp_len] = ramp
+            run[n - ramp_len :] = np.minimum(run[n - ramp_len :], ramp[::-1])
+        env[a:b] = run
+    if labels.any():
+        wobble = 1.0 + 0.25 * _ar1(rng, m, 1, 0.8)[:, 0]
+        env = np.where(labels > 0, np.clip(env * wobble, 0.3, 1.5), 0.0)
+    return env
+
+
+def _windows_from_pool(
+    pool: list[list[tuple[float, float]]], m: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Segment labels ``[m]`` from one randomly drawn real interval set, jittered."""
+    rel = pool[int(rng.integers(len(pool)))]
+    labels = np.zeros(m, np.uint8)
+    for start, length in rel:
+        length = min(1.0, length * float(np.exp(0.25 * rng.standard_normal())))
+        start = float(np.clip(start + 0.05 * rng.standard_normal(), 0.0, 1.0 - length))
+        a = min(int(np.floor(start * m)), m - 1)
+        b = min(m, max(a + 1, int(np.round((start + length) * m))))
+        labels[a:b] = 1
+    return labels
+
+
+# --------------------------------------------------------------------------- source
+
+
+class SyntheticSource(SourceBase):
+    """Lazy synthetic features for one part of a dataset (see module docstring).
+
+    Index ``i`` is a position in ``names`` (all table videos by default, or the
+    ``videos`` subset); the features of a video depend only on its table row.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        part: str,
+        config: SyntheticConfig,
+        videos: ArrayLike | Sequence[str] | None = None,
+        crops: str = "keep",
+    ):
+        if not isinstance(config, SyntheticConfig):
+            raise TypeError(f"synthetic= must be a SyntheticConfig, got {type(config).__name__}")
+        if crops not in CROP_MODES:
+            raise ValueError(f"crops must be one of {CROP_MODES}, got {crops!r}")
+        ds = tables.canonical_dataset(dataset)
+        self.table = tables.load_table(ds, part)
+        idx = _resolve_videos(self.table, videos)
+        self.dataset, self.part, self.config = ds, part, config
+        self.table_index = idx
+        self.names = tuple(self.table.names[i] for i in idx)
+        real = self.table.n_segments[idx].astype(np.int64)
+        self.lengths = real if config.max_segments is None else np.minimum(real, config.max_segments)
+        self.shortened = bool((self.lengths != real).any())
+        self.crop_mode = crops
+        self.file_crops = config.crops
+        self.crops = 1 if crops == "mean" else config.crops
+        self.feature_dim = config.feature_dim
+        self._model = _global_model(ds, config)
+        self._code = _PART_CODE[(ds, part)]
+
+    # -- structure ---------------------------------------------------------
+
+    def _rng(self, t: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng(
+            np.random.SeedSequence([self.config.seed, self._code, int(t), stream])
+        )
+
+    def scene(self, i: int) -> int:
+        """Scene of video ``i`` (official membership for UCF train, else hashed)."""
+        t = int(self.table_index[i])
+        if self.dataset == "ucf" and self.part == "train":
+            return int(_ucf_train_scenes()[t])
+        key = self.names[i] if self.dataset == "ucf" else self.names[i].split("__")[0]
+        return zlib.crc32(key.encode()) % self._model.n_scenes
+
+    def anomaly_intervals(self, i: int) -> tuple[tuple[int, int], ...]:
+        """Test intervals in this source's frame coordinates (rescaled when shortened)."""
+        t = int(self.table_index[i])
+        real = self.table.anomaly_frames[t]
+        m, real_m = int(self.lengths[i]), int(self.table.n_segments[t])
+        if m == real_m or not real:
+            return real
+        # Rescale to the shortened video; keep the dataset's convention.
+        conv = INTERVAL_CONVENTION[self.dataset]
+        nf, real_nf = FRAMES_PER_SEGMENT * m, int(self.table.n_frames[t])
+        out = []
+        for s, e in real:
+            stop = min(e + 1 if conv == "inclusive" else e, real_nf)
+            a = min(int(s * nf / real_nf), nf - 1)
+            b = min(nf, max(a + 1, int(np.ceil(stop * nf / real_nf))))
+            out.append((a, b - 1) if conv == "inclusive" else (a, b))
+        return tuple(out)
+
+    def expected_frames(self, i: int) -> int | None:
+        if self.shortened:
+            return FRAMES_PER_SEGMENT * int(self.lengths[i])
+        return super().expected_frames(i)
+
+    def true_segment_labels(self, i: int) -> np.ndarray:
+        """``[m_i] uint8`` true segment labels (test: from the frame ground truth)."""
+        t = int(self.table_index[i])
+        m = int(self.lengths[i])
+        if not self.table.anomalous[t]:
+            return np.zeros(m, np.uint8)
+        if self.part == "test":
+            frames = interval_labels(
+                self.anomaly_intervals(i), FRAMES_PER_SEGMENT * m,
+                INTERVAL_CONVENTION[self.dataset], self.names[i],
+            )
+            return segment_labels_from_frames(frames)
+        labels_pool = _test_interval_pool(self.dataset)
+        primary = _event_labels(self.dataset, self.table.classes[t])[0]
+        pool = labels_pool.get(primary) or labels_pool["*"]
+        return _windows_from_pool(pool, m, self._rng(t, 0))
+
+    def anomaly_signal(self, i: int) -> np.ndarray:
+        """``[m_i]`` the generator's anomaly amplitude (0 outside anomalies)."""
+        return self._video(i)[1]
+
+    # -- features ----------------------------------------------------------
+
+    def _video(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features ``[m, crops, D] float32``, anomaly amplitude ``[m]``)."""
+        cfg, gm = self.config, self._model
+        t = int(self.table_index[i])
+        m, D, C = int(self.lengths[i]), cfg.feature_dim, cfg.crops
+        s = self.scene(i)
+        labels = self.true_segment_labels(i)
+        rng = self._rng(t, 1)
+
+        phi = float(np.clip(cfg.smoothness + 0.04 * rng.standard_normal(), 0.0, 0.99))
+        gain = float(gm.scene_gain[s] * np.exp(0.12 * rng.standard_normal()))
+        static = 0.6 * rng.standard_normal(cfg.rank)
+        offset = 0.08 * rng.standard_normal(D)
+        latent = (_ar1(rng, m, cfg.rank, phi) + static).astype(np.float32)
+        # float32 throughout for the [m, D] arrays: generation is memory bound.
+        x = latent @ gm.scene_basis32[s]
+        x += (gm.mean + gm.scene_offset[s] + offset).astype(np.float32)
+        noise = rng.standard_normal((m, D), dtype=np.float32)
+        # Footage quality varies per video; anomalous videos are, on average,
+        # shakier/noisier footage (the dataset-level bias of ``video_bias``).
+        bias = cfg.video_bias if self.table.anomalous[t] else 0.0
+        noise *= float(gm.scene_noise[s] * np.exp(0.15 * rng.standard_normal() + bias))
+        x += noise
+        amplitude = np.zeros(m)
+        # Separate streams: changing an anomaly/burst knob leaves every other
+        # random draw of the video unchanged.
+        event_rng = self._rng(t, 2)
+        if labels.any():
+            evs = _event_labels(self.dataset, self.table.classes[t])
+            params = [gm.event(e) for e in evs]
+            add = np.mean([p[0] for p in params], axis=0)
+            rot = np.mean([p[1] for p in params], axis=0)
+            dyn = np.mean([p[2] for p in params], axis=0)
+            strength, no_rise_p = params[0][3], params[0][4]
+            no_rise = event_rng.random() < no_rise_p
+            amp = cfg.strength * strength * float(np.exp(0.3 * event_rng.standard_normal()))
+            env = _envelope(labels, event_rng)
+            amplitude = amp * env
+            eta = _ar1(event_rng, m, dyn.shape[0], cfg.anomaly_smoothness)
+            idx = np.flatnonzero(env > 0)
+            pattern = (rot if no_rise else add)[None, :] + cfg.anomaly_variation * (eta[idx] @ dyn)
+            moved = x[idx] + (0.5 * amplitude[idx, None] * pattern).astype(np.float32)
+            if no_rise:
+                # Same norm as the normal feature: the anomaly only turns it.
+                moved *= np.linalg.norm(x[idx], axis=1, keepdims=True) / np.linalg.norm(
+                    moved, axis=1, keepdims=True
+                )
+            x[idx] = moved
+        elif event_rng.random() < cfg.burst_fraction:
+            pool = _test_interval_pool(self.dataset)["*"]
+            burst = _windows_from_pool(pool, m, event_rng)
+            level = cfg.burst_strength * float(np.exp(0.3 * event_rng.standard_normal()))
+            benv = level * _envelope(burst, event_rng)
+            x *= (1.0 + benv).astype(np.float32)[:, None]
+            x += ((0.5 * benv)[:, None] * gm.burst_pattern).astype(np.float32)
+        x *= gain
+        crop_bias = 0.08 * rng.standard_normal((C, D))
+        out = rng.standard_normal((m, C, D), dtype=np.float32)
+        out *= 0.1 * gain
+        out += (gain * crop_bias).astype(np.float32)
+        out += x[:, None, :]
+        return out, amplitude
+
+    def _read(self, i: int) -> np.ndarray:
+        feats = self._video(i)[0]
+        if self.crop_mode == "mean":
+            return feats.mean(axis=1, keepdims=True)
+        return feats
+

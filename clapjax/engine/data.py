@@ -1,0 +1,236 @@
+"""Federated data from ONE shared packed feature array, and per-round batch plans.
+
+Participants never get their own copy of the features: each owns a list of row
+indices into the shared ``[S, C, D]`` array. A round's batches are padded index
+arrays ``[K, T, B]``; the device gathers ``B`` rows per step, so memory stays
+O(features + K·T·B indices), never ``[K, max_segments, D]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from clapjax import packed
+from clapjax.packed import Layout
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FederatedData:
+    """Participants as row sets of a shared feature array.
+
+    Attributes:
+      features: ``[S, C, D] float32`` np.ndarray or np.memmap (shared, read-only).
+      labels: ``[S] float32`` initial segment (pseudo-)labels.
+      participants: K arrays of row indices (int64) into ``features``; the
+        order is the participant's training (split) order.
+      layouts: optional K packed layouts describing each participant's rows as
+        videos (row ``j`` of participant k is packed position ``j``); needed for PLR.
+      video_labels: optional K ``[N_k] bool`` video pseudo-labels (PLR).
+      names: participant names.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    participants: tuple[np.ndarray, ...]
+    layouts: tuple[Layout, ...] | None = None
+    video_labels: tuple[np.ndarray, ...] | None = None
+    names: tuple[str, ...] = ()
+
+    @property
+    def num_participants(self) -> int:
+        return len(self.participants)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``[K] int64`` segments per participant."""
+        return np.array([p.size for p in self.participants], np.int64)
+
+    @property
+    def crops(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[2])
+
+
+def federated_data(
+    features: np.ndarray,
+    labels: np.ndarray,
+    participants: Sequence[np.ndarray],
+    layouts: Sequence[Layout] | None = None,
+    video_labels: Sequence[np.ndarray] | None = None,
+    names: Sequence[str] | None = None,
+) -> FederatedData:
+    """Validates and bundles federated inputs (no feature copy).
+
+    Args:
+      features: ``[S, C, D]`` or ``[S, D]`` float32 (a 2-D array is viewed as C = 1).
+      labels: ``[S]`` values in [0, 1].
+      participants: K int arrays of rows in ``[0, S)``.
+      layouts / video_labels: per participant, both or neither.
+      names: K names (default ``participant_<k>``).
+    """
+    if not isinstance(features, np.ndarray):
+        raise TypeError(f"features must be a numpy array or memmap, got {type(features).__name__}")
+    if features.ndim == 2:
+        features = features.reshape(features.shape[0], 1, features.shape[1])
+    if features.ndim != 3:
+        raise ValueError(f"features must have shape [S, C, D] or [S, D], got {features.shape}")
+    if features.dtype != np.float32:
+        raise ValueError(f"features must be float32 (got {features.dtype}); convert once before training")
+    s = features.shape[0]
+    labels = np.asarray(labels, np.float32)
+    if labels.shape != (s,):
+        raise ValueError(f"labels must have shape ({s},) to match features, got {labels.shape}")
+    if not np.isfinite(labels).all() or labels.min(initial=0) < 0 or labels.max(initial=0) > 1:
+        raise ValueError("labels must be finite and in [0, 1]")
+    if len(participants) == 0:
+        raise ValueError("at least one participant is needed")
+    names = tuple(names) if names is not None else tuple(f"participant_{k}" for k in range(len(participants)))
+    if len(names) != len(participants):
+        raise ValueError(f"{len(names)} names for {len(participants)} participants")
+    rows = []
+    for k, idx in enumerate(participants):
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"participant {names[k]}: row indices must be a 1-D int array, got {idx.dtype} {idx.shape}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= s):
+            raise ValueError(f"participant {names[k]}: row index out of range [0, {s}) (min {idx.min()}, max {idx.max()})")
+        rows.append(idx)
+    if (layouts is None) != (video_labels is None):
+        raise ValueError("layouts and video_labels must be given together (both are needed for PLR)")
+    if layouts is not None:
+        if len(layouts) != len(rows) or len(video_labels) != len(rows):
+            raise ValueError(f"need one layout and one video-label array per participant ({len(rows)})")
+        vls = []
+        for k, (lay, vl, idx) in enumerate(zip(layouts, video_labels, rows)):
+            real = int(np.asarray(lay.lengths).sum())
+            if real != idx.size:
+                raise ValueError(f"participant {names[k]}: layout covers {real} segments but it owns {idx.size} rows")
+            vl = np.asarray(vl).astype(bool)
+            n_real = int(np.count_nonzero(np.asarray(lay.lengths) > 0))
+            if vl.ndim != 1 or vl.size < n_real or vl.size > lay.num_videos:
+                raise ValueError(f"participant {names[k]}: video_labels has {vl.size} entries for {lay.num_videos} videos")
+            vls.append(vl)
+        layouts, video_labels = tuple(layouts), tuple(vls)
+    return FederatedData(features, labels, tuple(rows), layouts, video_labels, names)
+
+
+def centralize(data: FederatedData) -> FederatedData:
+    """One participant holding every participant's rows (in participant order)."""
+    rows = np.concatenate(data.participants) if data.participants else np.zeros(0, np.int64)
+    layouts = video_labels = None
+    if data.layouts is not None:
+        lengths, vls = [], []
+        for lay, vl in zip(data.layouts, data.video_labels):
+            ln = np.asarray(lay.lengths)
+            lengths.append(ln)
+            vls.append(np.pad(vl, (0, ln.size - vl.size)))
+        lengths = np.concatenate(lengths)
+        keep = lengths > 0
+        layouts = (packed.layout_from_lengths(lengths[keep]),)
+        video_labels = (np.concatenate(vls)[keep],)
+    return FederatedData(data.features, data.labels, (rows,), layouts, video_labels, ("centralized",))
+
+
+def aligned_array(shape: tuple[int, ...], dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose buffer is ``alignment``-byte aligned.
+
+    On CPU, ``jax.device_put`` of a 64-byte aligned (or memory-mapped) float32
+    array aliases the host buffer instead of copying it, so the engine's
+    in-memory path holds the features once.
+    """
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + alignment, np.uint8)
+    offset = (-buf.ctypes.data) % alignment
+    return buf[offset : offset + n].view(dtype).reshape(shape)
+
+
+def steps_per_epoch(counts: np.ndarray, batch_size: int) -> np.ndarray:
+    """``[K]`` ceil(n_k / B); the last partial batch is masked, not dropped."""
+    return -(-np.asarray(counts, np.int64) // batch_size)
+
+
+class BatchPlan(NamedTuple):
+    """One round's batches for all participants (host arrays).
+
+    Attributes:
+      rows: ``[K, T, B] int32`` rows of the shared feature array (0 where masked).
+      positions: ``[K, T, B] int32`` participant-local positions (label lookup).
+      row_mask: ``[K, T, B] bool`` real rows.
+      step_valid: ``[K, T] bool`` False for padding steps (state left unchanged).
+    """
+
+    rows: np.ndarray
+    positions: np.ndarray
+    row_mask: np.ndarray
+    step_valid: np.ndarray
+
+
+def plan_steps(counts: np.ndarray, batch_size: int, epochs: int) -> int:
+    """Steps T of the longest participant (the common scan length)."""
+    return max(1, int(steps_per_epoch(counts, batch_size).max(initial=0)) * epochs)
+
+
+def make_plan(
+    participants: Sequence[np.ndarray],
+    batch_size: int,
+    epochs: int,
+    shuffle: bool,
+    seed: int,
+    round_index: int,
+    num_steps: int | None = None,
+    num_participants: int | None = None,
+) -> BatchPlan:
+    """Batches of every participant for one round.
+
+    Each epoch visits all of a participant's rows once (a fresh permutation per
+    epoch if ``shuffle``, seeded by ``(seed, round, participant, epoch)``;
+    otherwise split order). Participants are padded to ``num_steps`` with
+    invalid steps and to ``num_participants`` with fully masked participants.
+    """
+    k_real = len(participants)
+    k = k_real if num_participants is None else num_participants
+    counts = np.array([p.size for p in participants], np.int64)
+    t = plan_steps(counts, batch_size, epochs) if num_steps is None else num_steps
+    rows = np.zeros((k, t, batch_size), np.int32)
+    positions = np.zeros((k, t, batch_size), np.int32)
+    row_mask = np.zeros((k, t, batch_size), bool)
+    step_valid = np.zeros((k, t), bool)
+    for p, idx in enumerate(participants):
+        n = idx.size
+        if n == 0:
+            continue
+        spe = int(-(-n // batch_size))
+        if spe * epochs > t:
+            raise ValueError(f"participant {p} needs {spe * epochs} steps, plan has {t}")
+        for e in range(epochs):
+            if shuffle:
+                order = np.random.default_rng([seed, round_index, p, e]).permutation(n)
+            else:
+                order = np.arange(n)
+            flat_pos = np.zeros(spe * batch_size, np.int64)
+            flat_pos[:n] = order
+            mask = np.zeros(spe * batch_size, bool)
+            mask[:n] = True
+            sl = slice(e * spe, (e + 1) * spe)
+            positions[p, sl] = flat_pos.reshape(spe, batch_size)
+            rows[p, sl] = np.where(mask, idx[flat_pos], 0).reshape(spe, batch_size)
+            row_mask[p, sl] = mask.reshape(spe, batch_size)
+            step_valid[p, sl] = True
+    return BatchPlan(rows, positions, row_mask, step_valid)
+
+
+def padded_rows(participants: Sequence[np.ndarray], num_rows: int, num_participants: int) -> tuple[np.ndarray, np.ndarray]:
+    """``([K, num_rows] int32 rows, [K, num_rows] bool mask)`` of each participant's rows."""
+    rows = np.zeros((num_participants, num_rows), np.int32)
+    mask = np.zeros((num_participants, num_rows), bool)
+    for k, idx in enumerate(participants):
+        rows[k, : idx.size] = idx
+        mask[k, : idx.size] = True
+    return rows, mask

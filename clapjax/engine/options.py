@@ -1,0 +1,127 @@
+"""Training options of the federated engine (one frozen dataclass)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Aggregator = Literal["fedavg", "fedprox", "scaffold"]
+Backend = Literal["vmap", "loop", "sharded"]
+Setting = Literal["collaborative", "local", "centralized"]
+
+_CHOICES = {
+    "optimizer": ("sgd", "adam"),
+    "aggregator": ("fedavg", "fedprox", "scaffold"),
+    "weighting": ("uniform", "segments"),
+    "server_optimizer": ("none", "sgd", "adam", "yogi", "adagrad"),
+    "backend": ("vmap", "loop", "sharded"),
+    "setting": ("collaborative", "local", "centralized"),
+    "prng_impl": ("rbg", "threefry2x32"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Everything that shapes local training, aggregation and execution.
+
+    Attributes:
+      rounds: communication rounds.
+      local_epochs: passes over a participant's segments per round.
+      batch_size: segments per local step; the last partial batch is masked.
+      optimizer: local optax optimiser ("sgd" or "adam"), re-initialised each round.
+      lr: local learning rate. momentum: SGD momentum (0 = plain SGD).
+      l2: L2 regulariser ``l2/2 · ‖θ‖²`` (gradient ``l2·θ``, like torch's
+        ``weight_decay=l2``). The paper uses "BCE + L2" without a value.
+      shuffle: reshuffle each participant's segments every epoch (False = split
+        order, as the released code).
+      aggregator: "fedavg", "fedprox" (proximal term ``μ/2 ‖θ − θ_global‖²``)
+        or "scaffold" (option II control variates).
+      mu: FedProx coefficient.
+      server_lr: λ in ``θ ← θ + λ · Σ_k w_k Δ_k`` (ignored by server optimisers,
+        which use it as their learning rate).
+      weighting: "uniform" (paper, 1/K) or "segments" (released code).
+      server_optimizer: "none" (plain λ-step) or an optax optimiser applied to
+        the negative weighted mean delta (FedAdam/FedYogi/FedAdagrad style).
+      server_b1, server_b2, server_eps: server optimiser moments / τ.
+      backend: "vmap" (participants vmapped in one jit), "loop" (Python loop,
+        one jitted participant at a time), "sharded" (participant axis sharded
+        over all local devices).
+      setting: "collaborative", "local" (no aggregation, every participant
+        keeps its model) or "centralized" (all data in one participant).
+      plr_start_round: 0-based round from which PLR refines labels after local
+        training; None disables PLR.
+      prng_impl: dropout PRNG, "rbg" (fastest on CPU; see bench_train) or
+        "threefry2x32". ("unsafe_rbg" is not offered: its split/fold_in are not
+        vmap-consistent, so backends would disagree.)
+      seed: global seed (initial parameters, dropout keys, shuffling).
+      streaming: gather batches on the host from a (memory-mapped) feature
+        array in chunks of ``chunk_steps`` with prefetching, instead of
+        holding the features on the device.
+      chunk_steps: steps per loop-backend call, and the upper bound of steps
+        per streamed chunk.
+      stream_chunk_bytes: bound on the bytes of one streamed chunk of gathered
+        features (two chunks are in flight: one training, one prefetching),
+        and of one PLR scoring chunk ``[K, rows, C, D]``.
+      score_chunk: rows per participant per scoring call (PLR; evaluation via
+        ``Engine.score``), capped by ``stream_chunk_bytes``.
+    """
+
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    l2: float = 1e-4
+    shuffle: bool = True
+    aggregator: Aggregator = "fedavg"
+    mu: float = 0.01
+    server_lr: float = 1.0
+    weighting: Literal["uniform", "segments"] = "uniform"
+    server_optimizer: Literal["none", "sgd", "adam", "yogi", "adagrad"] = "none"
+    server_b1: float = 0.9
+    server_b2: float = 0.99
+    server_eps: float = 1e-3
+    backend: Backend = "vmap"
+    setting: Setting = "collaborative"
+    plr_start_round: int | None = 1
+    prng_impl: Literal["rbg", "threefry2x32"] = "rbg"
+    seed: int = 0
+    streaming: bool = False
+    chunk_steps: int = 64
+    stream_chunk_bytes: int = 256 * 2**20
+    score_chunk: int = 4096
+
+    def __post_init__(self):
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"TrainOptions.{name}={value!r}; expected one of {allowed}")
+        for name in ("rounds", "local_epochs", "batch_size", "chunk_steps", "score_chunk", "stream_chunk_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainOptions.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "server_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainOptions.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("momentum", "l2", "mu"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainOptions.{name} must be >= 0, got {getattr(self, name)}")
+        if self.plr_start_round is not None and self.plr_start_round < 0:
+            raise ValueError(f"TrainOptions.plr_start_round must be >= 0 or None, got {self.plr_start_round}")
+
+    @classmethod
+    def preset(cls, variant: Literal["paper", "reference"] = "paper", **overrides) -> "TrainOptions":
+        """``paper`` (default options) or ``reference`` (released code)."""
+        if variant == "paper":
+            base = cls()
+        elif variant == "reference":
+            base = cls(
+                l2=0.0, shuffle=False, weighting="segments", server_lr=1.0,
+                momentum=0.0, plr_start_round=None,
+            )
+        else:
+            raise ValueError(f"unknown train variant {variant!r}; expected 'paper' or 'reference'")
+        return dataclasses.replace(base, **overrides)
+
+    def replace(self, **changes) -> "TrainOptions":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,59 @@
+"""Evaluation scoring of (test) features in batches, in eval mode (no dropout)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clapjax import model as model_lib
+from clapjax.model import ModelOptions
+
+_SCORE_FNS: dict = {}
+
+
+def _score_fn(options: ModelOptions):
+    if options not in _SCORE_FNS:
+        _SCORE_FNS[options] = jax.jit(lambda p, x: model_lib.score(p, x, options))
+    return _SCORE_FNS[options]
+
+
+def score_segments(
+    params,
+    features: np.ndarray | Iterable[np.ndarray],
+    options: ModelOptions,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Segment probabilities ``[S] float32`` of features ``[S, C, D]`` (or ``[S, D]``).
+
+    ``features`` may be an np.ndarray / np.memmap (read in chunks of
+    ``batch_size`` rows, the last chunk padded so only one shape compiles) or an
+    iterable of ``[s_i, C, D]`` arrays (scored one by one, concatenated).
+    """
+    fn = _score_fn(options)
+    if not isinstance(features, np.ndarray):
+        outs = [np.asarray(fn(params, jnp.asarray(_as3d(np.asarray(b, np.float32))))) for b in features]
+        return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+    features = _as3d(features)
+    s = features.shape[0]
+    out = np.empty(s, np.float32)
+    bs = max(1, min(batch_size, s))
+    for start in range(0, s, bs):
+        chunk = np.asarray(features[start : start + bs], np.float32)
+        n = chunk.shape[0]
+        if n < bs:
+            chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.float32)])
+        out[start : start + n] = np.asarray(fn(params, chunk))[:n]
+    if not np.isfinite(out).all():
+        raise FloatingPointError("non-finite segment scores: the parameters contain NaN/inf")
+    return out
+
+
+def _as3d(features: np.ndarray) -> np.ndarray:
+    if features.ndim == 2:
+        return features.reshape(features.shape[0], 1, features.shape[1])
+    if features.ndim != 3:
+        raise ValueError(f"features must have shape [S, C, D] or [S, D], got {features.shape}")
+    return features

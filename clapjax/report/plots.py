@@ -1,0 +1,161 @@
+"""PNG figures (matplotlib, the optional ``plots`` extra, imported lazily).
+
+* AUC per round for several runs or settings;
+* pseudo-label quality per round (segment precision / recall / IoU);
+* anomaly score curves against the frame ground truth for a few test videos;
+* the participants' data distribution (normal / anomalous videos, paper Fig. 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+FRAMES_PER_SEGMENT = 16
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError(
+            "plots need matplotlib: pip install 'clapjax[plots]' (or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def auc_per_round(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
+                  metric: str = "auc", title: str = "Frame AUC per round") -> Path:
+    """Plots ``metric`` per round, one line per labelled run.
+
+    Args:
+      curves: label -> metrics.jsonl records of a run.
+      path: PNG path.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, records in curves.items():
+        pts = [(r["round"], r.get(metric)) for r in records if r.get(metric) is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, 100 * np.asarray(y), marker="o", label=label)
+    ax.xaxis.set_major_locator(_integer_locator())
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def local_auc_per_round(records: Sequence[Mapping], names: Sequence[str], path: str | Path) -> Path:
+    """Local setting: every participant's AUC per round and their mean."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    rounds = [r["round"] for r in records]
+    per = [r.get("auc_per_participant") or [] for r in records]
+    for k, name in enumerate(names):
+        ys = [p[k] if k < len(p) and p[k] is not None else np.nan for p in per]
+        ax.plot(rounds, 100 * np.asarray(ys, float), alpha=0.5, lw=1, label=name)
+    ax.plot(rounds, 100 * np.asarray([r.get("auc") or np.nan for r in records], float),
+            color="black", lw=2.5, label="mean")
+    ax.xaxis.set_major_locator(_integer_locator())
+    ax.set_xlabel("round")
+    ax.set_ylabel("AUC (%)")
+    ax.set_title("Local models: frame AUC per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def label_quality_per_round(records: Sequence[Mapping], path: str | Path) -> Path:
+    """Segment pseudo-label precision / recall / IoU per round (after any PLR update)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    rounds = [r["round"] for r in records]
+    for key in ("precision", "recall", "iou"):
+        ys = []
+        for r in records:
+            seg = (r.get("label_quality") or {}).get("segments") or {}
+            v = seg.get(key)
+            ys.append(np.nan if v is None else v)
+        ax.plot(rounds, ys, marker="o", label=key)
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(_integer_locator())
+    ax.set_xlabel("round")
+    ax.set_ylabel("segment pseudo-labels vs truth")
+    ax.set_title("Pseudo-label quality (labels used in each round)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def score_curves(videos: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """Segment scores repeated to frames against the frame ground truth.
+
+    Args:
+      videos: ``(name, scores [m] per segment, ground truth [16 m] frames)`` triples.
+    """
+    plt = _pyplot()
+    n = max(len(videos), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(7.0, 1.8 * n), squeeze=False)
+    for ax, (name, scores, gt) in zip(axes[:, 0], videos):
+        frames = np.repeat(np.asarray(scores, float), FRAMES_PER_SEGMENT)
+        gt = np.asarray(gt, float)
+        x = np.arange(len(frames))
+        ax.fill_between(np.arange(len(gt)), 0, gt, color="tab:red", alpha=0.2, step="mid",
+                        label="ground truth")
+        ax.plot(x, frames, color="tab:blue", lw=1, label="score")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(0, max(len(frames), len(gt), 1))
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("score")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("frame")
+    return _save(fig, path)
+
+
+def participant_distribution(counts: np.ndarray, names: Sequence[str], path: str | Path,
+                             title: str = "Videos per participant") -> Path:
+    """Stacked bars of normal / anomalous videos per participant (paper Fig. 3).
+
+    Args:
+      counts: ``[K, 2]`` (normal, anomalous) video counts.
+      names: K participant names.
+    """
+    plt = _pyplot()
+    counts = np.asarray(counts)
+    k = counts.shape[0]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * k + 2), 4.0))
+    x = np.arange(k)
+    ax.bar(x, counts[:, 0], color="tab:blue", label="normal")
+    ax.bar(x, counts[:, 1], bottom=counts[:, 0], color="tab:red", label="anomalous")
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(names), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("videos")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,199 @@
+"""Training-throughput benchmark of the federated engine (JSON to stdout).
+
+For each network (paper, reference), backend (vmap, loop, sharded) and number
+of participants K, a fixed total of segments is split evenly over K
+participants and full rounds are timed: the first round (compilation included)
+separately, then the median of the steady rounds, which are interleaved across
+backends so that they share the same (possibly noisy) machine load. Throughput is reported as
+segments/s and as model FLOP/s (matmul FLOPs of forward + backward, see
+``clapjax.model.train_flops_per_row``) divided by this machine's float32
+matmul peak, measured in the same run with a large ``jnp.dot``.
+
+    python -m experiments.bench_train --out bench_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clapjax import model as model_lib
+from clapjax.engine import Engine, TrainOptions, federated_data
+from clapjax.model import ModelOptions
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    """Median float32 FLOP/s of an ``n×n @ n×n`` jitted ``jnp.dot``."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * n**3 / statistics.median(times)
+
+
+def aligned_features(rows: int, crops: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Random float32 features in a 64-byte aligned buffer (zero-copy device_put on CPU)."""
+    n = rows * crops * dim * 4
+    buf = np.empty(n + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    out = buf[off : off + n].view(np.float32).reshape(rows, crops, dim)
+    rng = np.random.default_rng(seed)
+    for start in range(0, rows, 8192):
+        out[start : start + 8192] = rng.standard_normal(out[start : start + 8192].shape, np.float32)
+    return out
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_check(rows: int, dim: int, crops: int, k: int, batch: int) -> dict:
+    """Peak resident memory of in-memory training rounds relative to the features.
+
+    Run first in a fresh process (``--memory-check``): the baseline is the
+    resident set after JAX start-up, before the features exist.
+    """
+    jax.block_until_ready(jnp.zeros(1) + 1)
+    baseline = _status_kb("VmRSS") * 1024
+    features = aligned_features(rows, crops, dim)
+    labels = np.zeros(rows, np.float32)
+    parts = np.array_split(np.arange(rows), k)
+    engine = Engine(federated_data(features, labels, parts), ModelOptions.preset("reference"),
+                    TrainOptions(batch_size=batch, plr_start_round=None))
+    state = engine.init()
+    for _ in range(2):
+        state, _ = engine.run_round(state)
+    jax.block_until_ready(state)
+    peak = _status_kb("VmHWM") * 1024
+    return {"feature_bytes": features.nbytes, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+            "peak_over_features": (peak - baseline) / features.nbytes, "K": k, "target": 1.25,
+            "met": (peak - baseline) / features.nbytes <= 1.25}
+
+
+def bench_group(features, labels, k, network, backends, dropout, batch, prng_impl, rounds):
+    """Times every backend on the same data; steady rounds are interleaved
+    (vmap, loop, sharded, vmap, …) so all backends see the same machine load."""
+    rows = features.shape[0]
+    parts = np.array_split(np.arange(rows), k)
+    data = federated_data(features, labels, parts)
+    mo = ModelOptions.preset(network)
+    if not dropout:
+        mo = ModelOptions(attention=mo.attention, dropout_rate=0.0)
+    flops = rows * features.shape[1] * model_lib.train_flops_per_row(mo, features.shape[2])
+    engines, states, times = {}, {}, {}
+    for backend in backends:
+        to = TrainOptions(rounds=rounds + 1, batch_size=batch, backend=backend, plr_start_round=None,
+                          prng_impl=prng_impl, chunk_steps=64)
+        engines[backend] = Engine(data, mo, to)
+        t = time.perf_counter()
+        states[backend], _ = engines[backend].run_round(engines[backend].init())
+        jax.block_until_ready(states[backend].server.params)
+        times[backend] = [time.perf_counter() - t]
+    for _ in range(rounds):
+        for backend in backends:
+            t = time.perf_counter()
+            states[backend], _ = engines[backend].run_round(states[backend])
+            jax.block_until_ready(states[backend].server.params)
+            times[backend].append(time.perf_counter() - t)
+    out = []
+    for backend in backends:
+        ts = times[backend]
+        steady = statistics.median(ts[1:])
+        out.append({
+            "network": network, "backend": backend, "K": k, "dropout": dropout, "prng_impl": prng_impl,
+            "first_round_s": ts[0], "compile_s": max(ts[0] - steady, 0.0), "steady_round_s": steady,
+            "steady_rounds_s": ts[1:], "segments_per_s": rows / steady, "model_flops_per_s": flops / steady,
+            "devices": engines[backend].executor.num_devices, "padded_K": engines[backend].num_padded,
+        })
+        print(json.dumps({kk: out[-1][kk] for kk in ("network", "backend", "K", "prng_impl", "dropout",
+                                                   "segments_per_s", "steady_rounds_s")}),
+              flush=True, file=sys.stderr)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=65536)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--crops", type=int, default=1)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 13, 25, 50])
+    p.add_argument("--backends", nargs="+", default=["vmap", "loop", "sharded"])
+    p.add_argument("--networks", nargs="+", default=["paper", "reference"])
+    p.add_argument("--rounds", type=int, default=3, help="steady rounds per configuration (median)")
+    p.add_argument("--prng", nargs="+", default=["rbg"], help="PRNG impls to compare at --prng-k")
+    p.add_argument("--prng-k", type=int, default=13)
+    p.add_argument("--no-dropout-at", type=int, default=13, help="also run K without dropout (0: skip)")
+    p.add_argument("--memory-check", action="store_true",
+                   help="only measure peak RSS of in-memory rounds relative to the feature array")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.memory_check:
+        text = json.dumps(memory_check(args.rows, args.dim, args.crops, 13, args.batch), indent=1)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return
+
+    features = aligned_features(args.rows, args.crops, args.dim)
+    labels = (np.random.default_rng(1).random(args.rows) < 0.2).astype(np.float32)
+    peak_before = matmul_peak()
+    results = []
+    for network in args.networks:
+        for k in args.ks:
+            results += bench_group(features, labels, k, network, args.backends, True, args.batch, "rbg", args.rounds)
+        # PRNG comparison and the no-dropout ceiling at one K, interleaved with rbg.
+        extra = [impl for impl in args.prng if impl != "rbg"]
+        for impl in extra:
+            results += bench_group(features, labels, args.prng_k, network, ["vmap"], True, args.batch, impl,
+                                   args.rounds)
+        if args.no_dropout_at:
+            results += bench_group(features, labels, args.no_dropout_at, network, ["vmap"], False, args.batch,
+                                   "rbg", args.rounds)
+    peak_after = matmul_peak()
+    peak = max(peak_before, peak_after)
+    for r in results:
+        r["fraction_of_peak"] = r["model_flops_per_s"] / peak
+    by = {(r["network"], r["backend"], r["K"]): r for r in results if r["dropout"] and r["prng_impl"] == "rbg"}
+    vmap_ge_loop = {f"{n}/K={k}": by[(n, "vmap", k)]["segments_per_s"] >= by[(n, "loop", k)]["segments_per_s"]
+                    for n in args.networks for k in args.ks if (n, "vmap", k) in by and (n, "loop", k) in by}
+    k13 = {n: by[(n, "vmap", 13)]["fraction_of_peak"] for n in args.networks if (n, "vmap", 13) in by}
+    report = {
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+                    "note": "shared machine: other processes ran concurrently; timings are noisy"},
+        "config": vars(args),
+        "matmul_peak_flops": {"before": peak_before, "after": peak_after, "used": peak},
+        "results": results,
+        "targets": {"vmap_ge_loop": vmap_ge_loop, "vmap_fraction_of_peak_K13": k13,
+                    "vmap_ge_loop_all": all(vmap_ge_loop.values()) if vmap_ge_loop else None,
+                    "k13_ge_65pct_all": all(v >= 0.65 for v in k13.values()) if k13 else None},
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

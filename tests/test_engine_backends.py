@@ -1,0 +1,162 @@
+"""Backends, padding steps, streaming and retracing of the federated engine."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clapjax import model as M
+from clapjax import packed
+from clapjax.engine import TRACE_COUNTS, Engine, TrainOptions, federated_data, local
+from clapjax.model import ModelOptions
+
+MO = ModelOptions(attention=True, hidden=(8, 4), dropout_rate=0.5)
+
+
+def tiny_data(tmp_path=None, seed=0):
+    """Ragged participants (40, 150, 13 rows + one with 1 row) over a shared array."""
+    rng = np.random.default_rng(seed)
+    s, c, d = 260, 2, 12
+    feats = rng.normal(size=(s, c, d)).astype(np.float32)
+    if tmp_path is not None:
+        mm = np.memmap(os.path.join(tmp_path, "feats.f32"), np.float32, "w+", shape=(s, c, d))
+        mm[:] = feats
+        mm.flush()
+        feats = np.memmap(os.path.join(tmp_path, "feats.f32"), np.float32, "r", shape=(s, c, d))
+    labels = (rng.random(s) < 0.3).astype(np.float32)
+    parts = [np.arange(0, 40), rng.permutation(np.arange(40, 190)), np.arange(200, 213), np.array([250])]
+    lays = [packed.layout_from_lengths([10, 30]), packed.layout_from_lengths([100, 50]),
+            packed.layout_from_lengths([13]), packed.layout_from_lengths([1])]
+    vls = [np.array([True, False]), np.array([False, True]), np.array([True]), np.array([False])]
+    return federated_data(feats, labels, parts, lays, vls)
+
+
+def toy_refine(scores, labels, layout, video_labels, opts):
+    """Same signature as clapjax.spl.refine_labels: anomalous videos get
+    label 1 where the score exceeds the video's mean score."""
+    mean = packed.segment_sum(scores, layout) / jnp.maximum(layout.lengths, 1)
+    anomalous = packed.per_segment(video_labels, layout, False)
+    above = scores > packed.per_segment(mean, layout)
+    return jnp.where(anomalous & layout.segment_mask, jnp.where(above, 1.0, labels), labels)
+
+
+def leaves_equal(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)))
+
+
+def max_diff(a, b):
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
+
+
+def run(backend, data, rounds=2, **kw):
+    opts = TrainOptions(rounds=rounds, batch_size=16, local_epochs=2, backend=backend, plr_start_round=1,
+                        chunk_steps=3, **kw)
+    engine = Engine(data, MO, opts, plr_options=None, refine_fn=toy_refine)
+    return engine, engine.run()
+
+
+@pytest.fixture(scope="module")
+def results():
+    data = tiny_data()
+    out = {}
+    for backend in ("vmap", "loop", "sharded"):
+        TRACE_COUNTS.clear()
+        engine, state = run(backend, data, rounds=2, aggregator="scaffold")
+        first = dict(TRACE_COUNTS)
+        state3, _ = engine.run_round(state)
+        out[backend] = (engine, state, state3, first, dict(TRACE_COUNTS))
+    return out
+
+
+def test_vmap_equals_loop_bitwise(results):
+    assert leaves_equal(results["vmap"][1], results["loop"][1])
+    assert leaves_equal(results["vmap"][2].server, results["loop"][2].server)
+
+
+def test_sharded_matches_vmap(results):
+    engine, state = results["sharded"][0], results["sharded"][1]
+    assert engine.executor.num_devices == len(jax.devices())
+    assert engine.num_padded % engine.executor.num_devices == 0
+    vm = results["vmap"][1]
+    k = vm.labels.shape[0]
+    np.testing.assert_array_equal(np.asarray(state.labels)[:k], np.asarray(vm.labels))
+    # XLA's SPMD compilation of the same per-participant program on CPU may
+    # round differently in the last bit of a few matmul outputs.
+    assert max_diff(state.server, vm.server) < 1e-6
+    assert max_diff(jax.tree.map(lambda a: a[:k], state.client_controls), vm.client_controls) < 1e-3
+
+
+def test_no_recompilation_after_first_round(results):
+    for backend, (_, _, _, first, after) in results.items():
+        assert first == after, backend  # round 3 traced nothing new
+        # One trace per function (loop: one per chunk shape, full and 1-step).
+        assert all(v <= (2 if k == "chunk_one" else 1) for k, v in first.items()), (backend, first)
+
+
+def test_plr_changed_labels(results):
+    engine, state = results["vmap"][0], results["vmap"][1]
+    init = engine.init()
+    assert not np.array_equal(np.asarray(state.labels), np.asarray(init.labels))
+    # Padding positions stay 0.
+    for k, rows in enumerate(engine.data.participants):
+        assert float(np.abs(np.asarray(state.labels[k, rows.size:])).sum()) == 0.0
+
+
+def test_masked_padding_steps_change_nothing():
+    opts = TrainOptions(batch_size=8, momentum=0.9, aggregator="scaffold", prng_impl="rbg")
+    fns = local.client_fns(MO, opts)
+    rng = np.random.default_rng(0)
+    feats = jnp.asarray(rng.normal(size=(50, 2, 12)).astype(np.float32))
+    params = M.init_params(MO, 12, jax.random.key(0), 2)
+    corr = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    ctx = local.ClientContext(params, corr, jnp.asarray(rng.random(50).astype(np.float32)))
+    rows = rng.integers(0, 50, size=(4, 8)).astype(np.int32)
+    pos = rng.integers(0, 50, size=(4, 8)).astype(np.int32)
+    mask = np.ones((4, 8), bool)
+    mask[-1, 5:] = False
+    valid = np.ones(4, bool)
+    state0 = fns.init(params, jax.random.key(3, impl="rbg"))
+    run = jax.jit(lambda st, r, p, m, v: local.run_steps(fns, st, ctx, feats, r, p, m, v))
+    plain = run(state0, rows, pos, mask, valid)
+    # Same steps with invalid (garbage) steps interleaved and appended.
+    order = [0, -1, 1, 2, -1, -1, 3, -1]
+    r2 = np.stack([rows[i] if i >= 0 else rng.integers(0, 50, 8) for i in order]).astype(np.int32)
+    p2 = np.stack([pos[i] if i >= 0 else rng.integers(0, 50, 8) for i in order]).astype(np.int32)
+    m2 = np.stack([mask[i] if i >= 0 else np.ones(8, bool) for i in order])
+    v2 = np.array([i >= 0 for i in order])
+    padded = run(state0, r2, p2, m2, v2)
+    assert leaves_equal(plain._replace(rng=jax.random.key_data(plain.rng)),
+                        padded._replace(rng=jax.random.key_data(padded.rng)))
+    # An all-invalid run returns the initial state bit for bit.
+    none = run(state0, rows, pos, mask, np.zeros(4, bool))
+    assert leaves_equal(none._replace(rng=jax.random.key_data(none.rng)), state0._replace(rng=jax.random.key_data(state0.rng)))
+
+
+@pytest.mark.parametrize("backend", ["vmap", "loop"])
+def test_streaming_equals_in_memory(tmp_path, backend, results):
+    data_map = tiny_data(tmp_path)
+    assert isinstance(data_map.features, np.memmap)
+    _, streamed = run(backend, data_map, rounds=2, aggregator="scaffold", streaming=True)
+    assert leaves_equal(results[backend][1], streamed)
+
+
+@pytest.mark.slow  # compiles clapjax.spl's window search: ~1 min on a loaded 2-core machine
+def test_plr_uses_each_local_model_and_spl_refine():
+    from clapjax import spl
+    from clapjax.engine import score_segments
+    from clapjax.options import PseudoLabelOptions
+
+    data = tiny_data(seed=1)
+    po = PseudoLabelOptions()
+    opts = TrainOptions(rounds=1, batch_size=16, setting="local", plr_start_round=0)
+    engine = Engine(data, MO, opts, plr_options=po)  # default refine_fn = clapjax.spl.refine_labels
+    init = engine.init()
+    state = engine.run(state=init)
+    for k, rows in enumerate(data.participants):
+        params = engine.participant_params(state, k)
+        scores = score_segments(params, data.features[rows], MO)
+        want = spl.refine_labels(scores, engine.participant_labels(init, k), data.layouts[k],
+                                 data.video_labels[k], po)
+        np.testing.assert_array_equal(engine.participant_labels(state, k), np.asarray(want))

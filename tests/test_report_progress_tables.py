@@ -1,0 +1,91 @@
+"""Progress output modes, markdown protocol tables and plots."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from clapjax.report import progress, tables
+
+
+def _round_record():
+    return {"round": 2, "auc": 0.75, "ap_sklearn": 0.3, "ap_trapezoid": 0.29, "train_loss": 0.41,
+            "label_quality": {"segments": {"precision": 0.5, "recall": 0.4, "iou": 0.3}}}
+
+
+def test_normal_mode_round_line_and_stage():
+    out, err = io.StringIO(), io.StringIO()
+    rep = progress.Reporter("normal", out, err)
+    with rep.stage("statistics", total=3) as st:
+        for i in range(3):
+            st.update(i + 1)
+    rep.round(_round_record(), total_rounds=10, elapsed=65.0, eta=300.0)
+    line = out.getvalue().strip()
+    assert line.startswith("round  2/10  AUC 0.7500") and "loss 0.4100" in line
+    assert "elapsed 1:05" in line and "ETA 5:00" in line and "label IoU 0.300" in line
+    assert "statistics 3/3 done" in err.getvalue()
+
+
+def test_quiet_and_json_modes():
+    out, err = io.StringIO(), io.StringIO()
+    rep = progress.Reporter("quiet", out, err)
+    with rep.stage("x"):
+        pass
+    rep.info("hello")
+    rep.round(_round_record(), 10, 1.0, 1.0)
+    rep.final({"a": 1}, "final AUC 0.7")
+    assert out.getvalue() == "final AUC 0.7\n" and err.getvalue() == ""
+
+    out = io.StringIO()
+    rep = progress.Reporter("json", out, io.StringIO())
+    with rep.stage("statistics"):
+        pass
+    rep.round(_round_record(), 10, 1.0, None)
+    rep.final({"final": {"auc": 0.7}}, "ignored")
+    events = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["stage", "round", "summary"]
+    assert events[1]["auc"] == 0.75 and events[1]["eta_s"] is None
+
+
+def test_format_seconds_and_clock():
+    assert progress.format_seconds(3725) == "1:02:05"
+    assert progress.format_seconds(None) == "?"
+    clock = progress.RoundClock(first_round=3, total_rounds=10)
+    assert clock.eta(2) is None and clock.eta(3) >= 0
+
+
+def test_protocol_markdown_is_well_formed():
+    summary = {"final": {"auc": 0.71, "ap_sklearn": 0.2, "ap_trapezoid": 0.19},
+               "best": {"auc": 0.73, "selected_on": "test set"}}
+    rows = [tables.ResultRow("random 5", 78.02, summary, 12.0),
+            tables.ResultRow("seeds", "77.32 ± 0.19", summary, 30.0, runs=5,
+                             final_std=0.01, best_std=0.02)]
+    md = tables.protocol_markdown("Table 3", rows, features="preset tiny", synthetic=True,
+                                  total_seconds=42.0)
+    assert "NOT comparable" in md and "synthetic" in md and "0:42" in md
+    table_lines = [l for l in md.splitlines() if l.startswith("|")]
+    assert len(table_lines) == 4 and len({l.count("|") for l in table_lines}) == 1
+    assert "| random 5 | 78.02 | 71.00 | 73.00 | 20.00 | 19.00 | 1 | 0:12 |" in md
+    assert "71.00 ± 1.00" in md
+    with pytest.raises(ValueError, match="cells"):
+        tables.markdown_table(["a", "b"], [["x"]])
+    assert tables.mean_std([0.5, None, 0.7]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)))
+
+
+def test_plots_write_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from clapjax.report import plots
+
+    recs = [dict(_round_record(), round=r, auc=0.5 + 0.1 * r, auc_per_participant=[0.5, 0.6])
+            for r in (1, 2)]
+    paths = [
+        plots.auc_per_round({"a": recs, "b": recs}, tmp_path / "auc.png"),
+        plots.local_auc_per_round(recs, ["p0", "p1"], tmp_path / "local.png"),
+        plots.label_quality_per_round(recs, tmp_path / "q.png"),
+        plots.score_curves([("v", np.array([0.1, 0.9]), np.r_[np.zeros(16), np.ones(16)])],
+                           tmp_path / "s.png"),
+        plots.participant_distribution(np.array([[3, 1], [2, 2]]), ["a", "b"], tmp_path / "d.png"),
+    ]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
