@@ -409,7 +409,8 @@ def compute_statistics(
 
     Args:
       features: array-like ``[S, D]`` or ``[S, C, D]`` float (``np.memmap``
-        welcome: at most ~3 chunks of ``chunk_bytes`` are in memory at once).
+        welcome: at most ~3 chunks of ``chunk_bytes`` are in memory at once;
+        a ``jax.Array`` is copied to the host once).
       layout: one participant's packed layout (may be padded).
       opts: pseudo-labelling options (magnitude, sigma, entropy).
       chunk_bytes: host batch size in bytes of float32 features.
@@ -425,6 +426,9 @@ def compute_statistics(
       ValueError: wrong shapes, a layout beyond the feature rows, or
         non-finite features (naming the video and segment).
     """
+    if isinstance(features, jax.Array):
+        # Per-video slices of a device array would compile one slice per length.
+        features = np.asarray(features)
     shape = tuple(getattr(features, "shape", ()))
     if len(shape) not in (2, 3):
         raise ValueError(f"features must be [S, D] or [S, C, D]; got shape {shape}")

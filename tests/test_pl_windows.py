@@ -15,7 +15,7 @@ from clapjax import null_model, packed, spl, windows
 from clapjax.options import PseudoLabelOptions
 
 N_PAD, S_PAD = 8, 64
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 lengths_strategy = st.lists(st.integers(1, 12), min_size=1, max_size=N_PAD).filter(lambda ls: sum(ls) <= S_PAD)
 
@@ -367,22 +367,19 @@ def test_generate_end_to_end_and_vmap_equals_loop():
     s_max, n_max = stacked.num_segments, stacked.num_videos
     z_st = _stack_values(zs, s_max)
     lab_st = _stack_values(video_labels, n_max, fill=False)
-    null_fn = jax.jit(null_model.participant_null)
-    nulls = [null_fn(z_st[k], packed.layout_from_lengths(g, n_max, s_max), lab_st[k]) for k, g in enumerate(groups)]
+    nulls = jax.jit(jax.vmap(null_model.participant_null))(z_st, stacked, lab_st)
     for k, (z, g, lab) in enumerate(zip(zs, groups, video_labels)):
         mean, var, count = _ref_null(z, g, lab)
-        assert int(nulls[k].count) == count
-        np.testing.assert_allclose(float(nulls[k].mean), mean, rtol=1e-5, atol=1e-6)
+        assert int(nulls.count[k]) == count
+        np.testing.assert_allclose(float(nulls.mean[k]), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(nulls.var[k]), var, rtol=1e-4, atol=1e-6)
     for opts in (PseudoLabelOptions(), PseudoLabelOptions.preset("reference")):
-        mix = null_model.server_mixture(nulls, opts)
+        mix = null_model.server_mixture(nulls, opts)  # stacked [K] summaries
 
         def both(z, lay, lab, mix):
             gen = spl.generate_labels(z, lay, lab, mix, opts)
             return gen, spl.refine_labels(z, gen, lay, lab, opts), null_model.segment_scores_under_null(z, mix, opts)
 
-        batched_nulls = jax.jit(jax.vmap(null_model.participant_null))(z_st, stacked, lab_st)
-        np.testing.assert_array_equal(np.asarray(batched_nulls.count), [int(g.count) for g in nulls])
-        np.testing.assert_allclose(np.asarray(batched_nulls.mean), [float(g.mean) for g in nulls], rtol=1e-6)
         gen, ref, _ = jax.jit(jax.vmap(both, in_axes=(0, 0, 0, None)))(z_st, stacked, lab_st, mix)
         single_fn = jax.jit(both)
         for k, (z, g, lab) in enumerate(zip(zs, groups, video_labels)):

@@ -1,0 +1,486 @@
+"""One benchmark command: training throughput, scaling, pseudo-labelling, evaluation, memory.
+
+Every group runs in this one process, in one run, so ratios between backends,
+sizes and participant counts share the same (possibly noisy) machine state::
+
+    python -m experiments.bench --out bench.json             # full (~15-20 min on 2 cores)
+    python -m experiments.bench --quick --out quick.json     # smoke check (< 2 min)
+    python -m experiments.bench --size tiny                  # seconds (harness test)
+    python -m experiments.bench_report bench.json            # README markdown table
+
+JSON goes to stdout (and ``--out``); a short human summary goes to stderr.
+
+Devices: the ``sharded`` backend needs several devices. On CPU they are
+simulated with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which
+must be set before JAX starts: when run as a command, this module sets it from
+``--devices`` (default 2, the core count of the reference machine) unless
+``XLA_FLAGS`` already holds a device count. Imported (e.g. by tests), it leaves
+the environment alone and uses whatever devices JAX has.
+
+Groups (keys of the JSON):
+
+* ``matmul_peak``: float32 FLOP/s of a jitted ``n×n @ n×n`` ``jnp.dot``,
+  measured before and after everything else; ``used`` is the larger one.
+* ``training``: for each K in ``ks`` the same ``rows`` segments (``[rows,
+  crops, dim]``) split evenly over K participants; every backend trains full
+  rounds (batch ``batch``, dropout on, PLR off) with steady rounds interleaved
+  across backends (``experiments.bench_train.bench_group``). Each result:
+  ``first_round_s`` (compilation included), ``compile_s`` (first − steady),
+  ``steady_round_s`` (median of ``rounds`` steady rounds),
+  ``segments_per_s``, ``model_flops_per_s`` (matmul FLOPs of forward +
+  backward, ``clapjax.model.train_flops_per_row``), ``fraction_of_peak``, and
+  ``memory``.
+* ``scaling``: vmap at fixed K = ``scaling_k`` on ``rows/4``, ``rows/2`` and
+  ``rows`` segments (x1, x2, x4; rounds interleaved across sizes):
+  ``linear_ratio[m] = t(xm) / (m · t(x1))`` (1 = linear). ``k_ratio`` is the
+  vmap steady round time at the largest K over the one at K = 5, from
+  ``training``.
+* ``pseudolabels``: statistics, VPL, SPL and one PLR update on the UCF-shaped
+  training set, per stage (``experiments.bench_pseudolabels.run``), plus
+  ``memory``.
+* ``evaluation``: scoring the UCF-shaped test set (``clapjax.engine.score_segments``,
+  segments/s) and ``clapjax.evaluation.frame_metrics`` on its frames
+  (16 per segment; ~1.1M at full size) with the official ground truth.
+* ``targets``: each target's description, threshold, measured value and
+  ``met`` (``null`` when the run did not measure it).
+
+``memory`` (every measurement): ``baseline_rss_bytes`` (VmRSS just before),
+``peak_rss_bytes`` (largest VmRSS sampled every few ms by a background thread
+during the measurement), ``feature_bytes`` (size of the feature data it ran on).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _requested_devices(argv: list[str], default: int = 2) -> int:
+    for i, a in enumerate(argv):
+        if a.startswith("--devices="):
+            return int(a.split("=", 1)[1])
+        if a == "--devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return default
+
+
+# Only when run as a command: JAX reads XLA_FLAGS once, at start-up.
+if __name__ == "__main__" and _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" {_DEVICE_FLAG}={_requested_devices(sys.argv[1:])}").strip()
+
+# bench_pseudolabels sets OPENBLAS_NUM_THREADS before numpy is first imported.
+from experiments import bench_pseudolabels  # noqa: E402  isort: skip
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clapjax import evaluation, tables  # noqa: E402
+from clapjax import model as model_lib  # noqa: E402
+from clapjax.data import frame_ground_truth  # noqa: E402
+from clapjax.engine import Engine, TrainOptions, federated_data, score_segments  # noqa: E402
+from clapjax.model import ModelOptions  # noqa: E402
+from experiments import bench_train  # noqa: E402
+
+SCHEMA_VERSION = 1
+BACKENDS = ("vmap", "loop", "sharded")
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """Sizes of one benchmark run (see ``SIZES``)."""
+
+    rows: int  # total training segments (split over K participants)
+    dim: int
+    crops: int
+    ks: tuple[int, ...]
+    rounds: int  # steady rounds (median) after the first (compiling) round
+    scaling_k: int
+    matmul_n: int
+    pl_quick: bool  # pseudo-labels on every pl_stride-th UCF train video instead of all
+    pl_stride: int
+    pl_dim: int
+    eval_stride: int  # every eval_stride-th UCF test video (1 = all, ~1.1M frames)
+    eval_dim: int
+
+
+SIZES = {
+    "full": Size(rows=32768, dim=2048, crops=1, ks=(1, 5, 13, 25, 50), rounds=3, scaling_k=13, matmul_n=4096,
+                 pl_quick=False, pl_stride=1, pl_dim=2048, eval_stride=1, eval_dim=2048),
+    "quick": Size(rows=4096, dim=2048, crops=1, ks=(5, 13, 50), rounds=2, scaling_k=13, matmul_n=2048,
+                  pl_quick=True, pl_stride=128, pl_dim=2048, eval_stride=8, eval_dim=2048),
+    "tiny": Size(rows=1024, dim=64, crops=1, ks=(13,), rounds=2, scaling_k=13, matmul_n=256,
+                 pl_quick=True, pl_stride=200, pl_dim=64, eval_stride=20, eval_dim=64),
+}
+
+
+# --------------------------------------------------------------------- memory
+def vmrss_bytes() -> int:
+    """Resident set size of this process (``VmRSS`` of ``/proc/self/status``), 0 if unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Context manager: baseline VmRSS on entry, peak VmRSS sampled by a thread until exit."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, vmrss_bytes())
+
+    def __enter__(self) -> "RssSampler":
+        self.baseline = self.peak = vmrss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, vmrss_bytes())
+
+    def summary(self, feature_bytes: int) -> dict:
+        return {"baseline_rss_bytes": int(self.baseline), "peak_rss_bytes": int(self.peak),
+                "feature_bytes": int(feature_bytes)}
+
+
+# -------------------------------------------------------------------- machine
+def machine_description() -> dict:
+    """CPU model, cores, memory, platform, JAX version and devices."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {"cpu_model": cpu_model, "cores": os.cpu_count(), "memory_bytes": memory,
+            "platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "num_devices": len(devices),
+            "device_kind": devices[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+# ------------------------------------------------------------------- training
+def training_group(features: np.ndarray, labels: np.ndarray, size: Size, network: str, backends, batch: int,
+                   log) -> list[dict]:
+    """Throughput of every backend at every K (same total segments); one memory record per K."""
+    results = []
+    for k in size.ks:
+        with RssSampler() as mem:
+            rows = bench_train.bench_group(features, labels, k, network, list(backends), True, batch, "rbg",
+                                           size.rounds)
+        for r in rows:
+            r["memory"] = mem.summary(features.nbytes)
+            r["total_segments"] = int(features.shape[0])
+        results += rows
+        log(f"training K={k}: " + ", ".join(f"{r['backend']} {r['segments_per_s']:.0f} seg/s" for r in rows))
+    return results
+
+
+def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network: str, batch: int, log) -> dict:
+    """vmap round time at fixed K on x1, x2, x4 segments, steady rounds interleaved across sizes."""
+    total = features.shape[0]
+    sizes = [total // 4, total // 2, total]
+    mo = ModelOptions.preset(network)
+    engines, states, times = [], [], []
+    with RssSampler() as mem:
+        for n in sizes:
+            parts = np.array_split(np.arange(n), size.scaling_k)
+            data = federated_data(features[:n], labels[:n], parts)
+            engine = Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
+                                                   plr_start_round=None))
+            t = time.perf_counter()
+            state, _ = engine.run_round(engine.init())
+            jax.block_until_ready(state.server.params)
+            engines.append(engine)
+            states.append(state)
+            times.append([time.perf_counter() - t])
+        for _ in range(size.rounds):
+            for i, engine in enumerate(engines):
+                t = time.perf_counter()
+                states[i], _ = engine.run_round(states[i])
+                jax.block_until_ready(states[i].server.params)
+                times[i].append(time.perf_counter() - t)
+    steady = [statistics.median(ts[1:]) for ts in times]
+    ratios = [steady[i] / (m * steady[0]) for i, m in enumerate((1, 2, 4))]
+    log("scaling: " + ", ".join(f"{n} seg {s:.2f} s/round" for n, s in zip(sizes, steady)))
+    return {"network": network, "backend": "vmap", "K": size.scaling_k, "batch": batch, "multipliers": [1, 2, 4],
+            "segments": sizes, "first_round_s": [ts[0] for ts in times], "steady_rounds_s": [ts[1:] for ts in times],
+            "steady_round_s": steady, "segments_per_s": [n / s for n, s in zip(sizes, steady)],
+            "linear_ratio": ratios, "memory": mem.summary(features.nbytes)}
+
+
+# --------------------------------------------------------------- pseudolabels
+def pseudolabel_group(size: Size, data_dir: str | None, variant: str, log) -> dict:
+    """Per-stage times of ``experiments.bench_pseudolabels.run`` (its own JSON) plus sampled memory."""
+    args = argparse.Namespace(
+        data_dir=data_dir, keep=data_dir is not None, quick=size.pl_quick, quick_stride=size.pl_stride,
+        dim=size.pl_dim, variant=variant, chunk_mb=64.0, repeats=3)
+    with RssSampler() as mem:
+        result = bench_pseudolabels.run(args)
+    result["memory"] = mem.summary(result["feature_bytes"])
+    # bench_pseudolabels' own peak_rss_bytes is ru_maxrss: the whole process's lifetime peak here.
+    result["peak_rss_bytes_scope"] = "process lifetime (use memory.peak_rss_bytes for this stage)"
+    log(f"pseudolabels ({result['num_segments']} segments x {result['feature_dim']}): statistics "
+        f"{result['statistics_s']} s (+{result['statistics_compile_s']} s compile), VPL {result['vpl_s']} s, "
+        f"SPL {result['spl_s']} s, PLR {result['plr_s']} s")
+    return result
+
+
+# ----------------------------------------------------------------- evaluation
+def evaluation_group(size: Size, network: str, repeats: int, log) -> dict:
+    """Scoring throughput of the (UCF-shaped) test set and frame-level AUC/AP time."""
+    table = tables.load_table("ucf", "test")
+    lengths = np.asarray(table.n_segments, np.int64)
+    gt_all = frame_ground_truth(table)
+    videos = np.arange(0, lengths.size, size.eval_stride)
+    frame_offsets = np.concatenate([[0], np.cumsum(lengths * tables.FRAMES_PER_SEGMENT)])
+    gt = np.concatenate([gt_all[frame_offsets[i]: frame_offsets[i + 1]] for i in videos])
+    sel_lengths = lengths[videos]
+    s = int(sel_lengths.sum())
+    mo = ModelOptions.preset(network)
+    with RssSampler() as mem:
+        features = bench_train.aligned_features(s, size.crops, size.eval_dim, seed=2)
+        params = model_lib.init_params(mo, size.eval_dim, jax.random.key(0), size.crops)
+        t = time.perf_counter()
+        scores = score_segments(params, features, mo)
+        first = time.perf_counter() - t
+        score_times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            scores = score_segments(params, features, mo)
+            score_times.append(time.perf_counter() - t)
+        metric_times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            metrics = evaluation.frame_metrics(scores, sel_lengths, gt)
+            metric_times.append(time.perf_counter() - t)
+        feature_bytes = features.nbytes
+        del features
+    score_s, metrics_s = statistics.median(score_times), statistics.median(metric_times)
+    log(f"evaluation: scoring {s / score_s:.0f} seg/s ({s} segments), AUC/AP on {gt.size} frames {metrics_s:.3f} s")
+    return {"network": network, "videos": int(videos.size), "segments": s, "frames": int(gt.size),
+            "crops": size.crops, "dim": size.eval_dim, "score_first_s": first,
+            "score_compile_s": max(first - score_s, 0.0), "score_s": score_s, "segments_per_s": s / score_s,
+            "metrics_s": metrics_s, "frames_per_s": gt.size / metrics_s,
+            "metrics": {k: float(v) for k, v in metrics.items()}, "memory": mem.summary(feature_bytes)}
+
+
+# -------------------------------------------------------------------- targets
+def targets(training: list[dict], scaling: dict | None, network: str, batch: int) -> dict:
+    """The issue's four targets: description, threshold, measured value, met (None if not measured)."""
+    by = {(r["backend"], r["K"]): r for r in training}
+    ks = sorted({r["K"] for r in training})
+    ratios = {str(k): by[("vmap", k)]["segments_per_s"] / by[("loop", k)]["segments_per_s"]
+              for k in ks if ("vmap", k) in by and ("loop", k) in by}
+    out: dict[str, dict[str, Any]] = {}
+    worst = min(ratios.values()) if ratios else None
+    out["vmap_ge_loop"] = {
+        "description": "vmap throughput >= loop throughput at every K (measured: min over K of vmap/loop)",
+        "threshold": 1.0, "measured": worst, "per_K": ratios, "met": None if worst is None else worst >= 1.0}
+    k13 = by.get(("vmap", 13))
+    frac = k13["fraction_of_peak"] if k13 else None
+    out["peak_fraction_K13"] = {
+        "description": f"vmap model FLOP/s at K=13 ({network} network, dropout on, batch {batch}) "
+                       ">= 65% of the measured float32 matmul peak",
+        "threshold": 0.65, "measured": frac, "met": None if frac is None else (frac >= 0.65 and batch == 128)}
+    lin = None
+    if scaling is not None:
+        lin = max(max(r, 1.0 / r) for r in scaling["linear_ratio"][1:])
+    out["linear_in_segments"] = {
+        "description": "vmap round time within 1.3x of linear in total segments (x1, x2, x4; "
+                       "measured: worst of t(xm)/(m t(x1)) and its inverse)",
+        "threshold": 1.3, "measured": lin, "per_multiplier": None if scaling is None else scaling["linear_ratio"],
+        "met": None if lin is None else lin <= 1.3}
+    kr = None
+    if ("vmap", 5) in by and ("vmap", 50) in by:
+        kr = by[("vmap", 50)]["steady_round_s"] / by[("vmap", 5)]["steady_round_s"]
+    out["flat_in_K"] = {
+        "description": "vmap round time at K=50 within 1.3x of K=5 at the same total segments "
+                       "(measured: t(K=50)/t(K=5))",
+        "threshold": 1.3, "measured": kr, "met": None if kr is None else kr <= 1.3}
+    return out
+
+
+# ----------------------------------------------------------------------- run
+def wait_for_load(max_load: float, max_wait_s: float, log) -> float:
+    """Waits (up to ``max_wait_s``) until the 1-minute load average is <= ``max_load``; returns seconds waited."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] > max_load and time.perf_counter() - t0 < max_wait_s:
+        log(f"load {os.getloadavg()[0]:.1f} > {max_load}: waiting")
+        time.sleep(min(30.0, max(1.0, max_wait_s - (time.perf_counter() - t0))))
+    return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace, log=None) -> dict:
+    """Runs every selected group and returns the JSON-able report (schema in the module docstring)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    size = SIZES[args.size]
+    if args.rows is not None:
+        size = dataclasses.replace(size, rows=args.rows)
+    if args.ks is not None:
+        size = dataclasses.replace(size, ks=tuple(args.ks))
+    if args.rounds is not None:
+        size = dataclasses.replace(size, rounds=args.rounds)
+    if args.pl_quick:
+        size = dataclasses.replace(size, pl_quick=True, pl_stride=max(size.pl_stride, 16))
+    if size.rows < 4 * max(max(size.ks), size.scaling_k):
+        raise ValueError(f"--rows {size.rows} is too small for K up to {max(size.ks)} (x1 scaling uses rows/4)")
+    waited = wait_for_load(args.max_load, args.max_wait_s, log) if args.max_load is not None else 0.0
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "benchmark": "clapjax", "size": args.size,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "load_average": {"start": list(os.getloadavg()), "end": None, "waited_s": waited},
+        "config": {"size": dataclasses.asdict(size), "network": args.network, "batch": args.batch,
+                   "backends": list(args.backends), "groups": list(args.groups), "devices_requested": args.devices,
+                   "pl_data_dir": args.data_dir is not None},
+    }
+    log(f"clapjax bench ({args.size}): {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['num_devices']} JAX devices, load {report['load_average']['start'][0]:.1f}")
+    backends = [b for b in args.backends if b != "sharded" or jax.device_count() > 1] or ["vmap"]
+    if "sharded" in args.backends and "sharded" not in backends:
+        log("sharded backend skipped: only one JAX device (set --devices / XLA_FLAGS)")
+    peak_before = bench_train.matmul_peak(size.matmul_n)
+    training = scaling = None
+    if "training" in args.groups or "scaling" in args.groups:
+        with RssSampler() as mem:
+            features = bench_train.aligned_features(size.rows, size.crops, size.dim)
+        labels = (np.random.default_rng(1).random(size.rows) < 0.2).astype(np.float32)
+        report["training_features"] = {"rows": size.rows, "crops": size.crops, "dim": size.dim,
+                                       "memory": mem.summary(features.nbytes)}
+        if "training" in args.groups:
+            t = time.perf_counter()
+            training = training_group(features, labels, size, args.network, backends, args.batch, log)
+            report["training_elapsed_s"] = time.perf_counter() - t
+        if "scaling" in args.groups:
+            t = time.perf_counter()
+            scaling = scaling_group(features, labels, size, args.network, args.batch, log)
+            scaling["elapsed_s"] = time.perf_counter() - t
+        del features
+    if "evaluation" in args.groups:
+        t = time.perf_counter()
+        report["evaluation"] = evaluation_group(size, args.network, 3, log)
+        report["evaluation"]["elapsed_s"] = time.perf_counter() - t
+    if "pseudolabels" in args.groups:
+        t = time.perf_counter()
+        report["pseudolabels"] = pseudolabel_group(size, args.data_dir, args.pl_variant, log)
+        report["pseudolabels"]["elapsed_s"] = time.perf_counter() - t
+    peak_after = bench_train.matmul_peak(size.matmul_n)
+    peak = max(peak_before, peak_after)
+    report["matmul_peak"] = {"n": size.matmul_n, "before_flops_per_s": peak_before,
+                             "after_flops_per_s": peak_after, "used_flops_per_s": peak}
+    if training is not None:
+        for r in training:
+            r["fraction_of_peak"] = r["model_flops_per_s"] / peak
+        report["training"] = {"network": args.network, "batch": args.batch, "dropout": True, "results": training}
+    if scaling is not None:
+        by = {r["K"]: r for r in (training or []) if r["backend"] == "vmap"}
+        if 5 in by and max(by) > 5:
+            scaling["k_ratio"] = {"K_small": 5, "K_large": max(by),
+                                  "ratio": by[max(by)]["steady_round_s"] / by[5]["steady_round_s"]}
+        report["scaling"] = scaling
+    report["targets"] = targets(training or [], scaling, args.network, args.batch)
+    report["load_average"]["end"] = list(os.getloadavg())
+    report["total_s"] = time.perf_counter() - t_start
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few human-readable lines of a report (stderr)."""
+    lines = [f"peak float32 matmul {report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s; "
+             f"load {report['load_average']['start'][0]:.1f} -> {report['load_average']['end'][0]:.1f}; "
+             f"total {report['total_s']:.0f} s"]
+    for r in report.get("training", {}).get("results", []):
+        lines.append(f"  {r['backend']:8s} K={r['K']:3d}: {r['segments_per_s']:9.0f} seg/s, "
+                     f"{100 * r['fraction_of_peak']:5.1f}% of peak, compile {r['compile_s']:.1f} s")
+    for name, t in report["targets"].items():
+        m = t["measured"]
+        lines.append(f"  target {name}: measured {'n/a' if m is None else f'{m:.3f}'} "
+                     f"(threshold {t['threshold']}) -> {'n/a' if t['met'] is None else ('met' if t['met'] else 'NOT met')}")
+    return lines
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=tuple(SIZES), default="full")
+    p.add_argument("--quick", action="store_true", help="same as --size quick (< 2 minutes)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--devices", type=int, default=2,
+                   help="simulated CPU devices for the sharded backend (sets XLA_FLAGS when run as a command)")
+    p.add_argument("--network", choices=("paper", "reference"), default="paper")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--groups", nargs="+", choices=("training", "scaling", "pseudolabels", "evaluation"),
+                   default=["training", "scaling", "pseudolabels", "evaluation"])
+    p.add_argument("--rows", type=int, default=None, help="override the training segments of --size")
+    p.add_argument("--ks", type=int, nargs="+", default=None, help="override the participant counts of --size")
+    p.add_argument("--rounds", type=int, default=None, help="override the steady rounds (median) of --size")
+    p.add_argument("--data-dir", default=None,
+                   help="pseudo-labelling feature file cache (kept; reused when its size matches)")
+    p.add_argument("--pl-quick", action="store_true",
+                   help="pseudo-labelling on every 16th UCF train video only (bench_pseudolabels --quick)")
+    p.add_argument("--pl-variant", choices=("paper", "reference"), default="paper")
+    p.add_argument("--max-load", type=float, default=None,
+                   help="wait until the 1-minute load average is at most this before starting")
+    p.add_argument("--max-wait-s", type=float, default=300.0)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.size = "quick"
+    if _DEVICE_FLAG in os.environ.get("XLA_FLAGS", "") and jax.device_count() != args.devices:
+        print(f"note: {jax.device_count()} JAX devices (XLA_FLAGS={os.environ['XLA_FLAGS']!r}), "
+              f"not --devices {args.devices}", file=sys.stderr)
+    report = run(args)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    for line in summary_lines(report):
+        print(line, file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

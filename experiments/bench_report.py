@@ -1,0 +1,156 @@
+"""Markdown results table (for the README) from a ``python -m experiments.bench`` JSON.
+
+    python -m experiments.bench_report bench.json > results.md
+
+Prints the machine description (CPU model, cores, memory, JAX version, device
+count), the date and load of the run, then tables: targets, training
+throughput per backend and K, scaling in total segments, pseudo-labelling
+stages, evaluation, and peak memory of every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _num(x, digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _gib(n) -> str:
+    if n is None:
+        return "n/a"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**10:.0f} KiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def machine_line(report: dict) -> str:
+    m = report["machine"]
+    mem = m.get("memory_bytes")
+    return (f"{m['cpu_model']}, {m['cores']} cores, {_gib(mem)} RAM, {m['platform']}; "
+            f"jax {m['jax']} ({m['backend']}, {m['num_devices']} device(s))")
+
+
+def render(report: dict) -> str:
+    """The markdown text of a bench report."""
+    lines = [f"### Benchmark results ({report['size']} size, {report['date_utc'][:10]})", ""]
+    load = report["load_average"]
+    lines += [f"Machine: {machine_line(report)}.",
+              f"Run: {report['date_utc']}, {report['total_s'] / 60:.1f} min; 1-minute load average "
+              f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end (a shared machine: other jobs ran "
+              "concurrently, so absolute numbers are noisy; ratios come from one process and one run).",
+              f"float32 matmul peak ({report['matmul_peak']['n']}² `jnp.dot`): "
+              f"{report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s.", ""]
+
+    lines += ["**Targets**", ""]
+    rows = [[name, t["description"], _num(t["threshold"]), _num(t["measured"], 3),
+             "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")]
+            for name, t in report["targets"].items()]
+    lines += _table(["target", "description", "threshold", "measured", "met"], rows) + [""]
+
+    tr = report.get("training")
+    if tr:
+        res = tr["results"]
+        f = report["training_features"]
+        lines += [f"**Training throughput** ({tr['network']} network, {f['rows']:,} segments × {f['crops']} crop × "
+                  f"{f['dim']} split evenly over K participants, batch {tr['batch']}, dropout on; median steady "
+                  "round, compile time apart)", ""]
+        rows = [[r["backend"], str(r["K"]), _num(r["segments_per_s"]), f"{r['model_flops_per_s'] / 1e9:.1f}",
+                 f"{100 * r['fraction_of_peak']:.1f}%", _num(r["steady_round_s"]), _num(r["compile_s"]),
+                 _gib(r["memory"]["peak_rss_bytes"])]
+                for r in sorted(res, key=lambda r: (r["K"], r["backend"]))]
+        lines += _table(["backend", "K", "segments/s", "model GFLOP/s", "of peak", "round s", "compile s",
+                         "peak RSS"], rows) + [""]
+
+    sc = report.get("scaling")
+    if sc:
+        lines += [f"**Scaling** (vmap, K = {sc['K']}; linear ratio = t(xm) / (m·t(x1)), 1 = linear)", ""]
+        rows = [[f"x{m}", _num(n), _num(t), _num(sps), _num(r, 3)]
+                for m, n, t, sps, r in zip(sc["multipliers"], sc["segments"], sc["steady_round_s"],
+                                           sc["segments_per_s"], sc["linear_ratio"])]
+        lines += _table(["segments", "total", "round s", "segments/s", "linear ratio"], rows)
+        if "k_ratio" in sc:
+            k = sc["k_ratio"]
+            lines += ["", f"Round time at K = {k['K_large']} / K = {k['K_small']} (same total segments, vmap): "
+                      f"{k['ratio']:.3f}."]
+        lines.append("")
+
+    pl = report.get("pseudolabels")
+    if pl:
+        stride = report["config"]["size"]["pl_stride"]
+        scope = f"quick: every {stride}th UCF train video" if pl["quick"] else "the full UCF train set shape"
+        lines += [f"**Pseudo-labelling** ({scope}: {pl['num_videos']:,} videos, {pl['num_segments']:,} segments × "
+                  f"{pl['feature_dim']}, {_gib(pl['feature_bytes'])} memory-mapped; {pl['variant']} options)", ""]
+        rows = [["statistics (σ, H, magnitudes)", _num(pl["statistics_s"]), _num(pl["statistics_compile_s"])],
+                ["VPL (video GMM)", _num(pl["vpl_s"], 3), _num(pl["vpl_first_s"] - pl["vpl_s"], 3)],
+                ["SPL (null model + labels)", _num(pl["spl_s"], 3), _num(pl["spl_first_s"] - pl["spl_s"], 3)],
+                ["PLR (one update)", _num(pl["plr_s"], 3), _num(pl["plr_first_s"] - pl["plr_s"], 3)]]
+        lines += _table(["stage", "steady s", "compile s"], rows)
+        lines += ["", f"Peak RSS {_gib(pl['memory']['peak_rss_bytes'])} (baseline "
+                  f"{_gib(pl['memory']['baseline_rss_bytes'])}; includes resident pages of the memory map).", ""]
+
+    ev = report.get("evaluation")
+    if ev:
+        lines += [f"**Evaluation** (UCF test shape: {ev['videos']} videos, {ev['segments']:,} segments × "
+                  f"{ev['crops']} crop × {ev['dim']}, {ev['frames']:,} frames)", ""]
+        rows = [["scoring (`score_segments`)", _num(ev["score_s"], 3), f"{_num(ev['segments_per_s'])} segments/s"],
+                ["AUC + 2 APs (`frame_metrics`)", _num(ev["metrics_s"], 3), f"{_num(ev['frames_per_s'])} frames/s"]]
+        lines += _table(["step", "s", "throughput"], rows) + [""]
+
+    mem_rows = []
+    if tr:
+        seen = set()
+        for r in tr["results"]:
+            if r["K"] not in seen:
+                seen.add(r["K"])
+                mem_rows.append([f"training K={r['K']} (all backends)", r["memory"]])
+    if sc:
+        mem_rows.append(["scaling", sc["memory"]])
+    if pl:
+        mem_rows.append(["pseudo-labelling", pl["memory"]])
+    if ev:
+        mem_rows.append(["evaluation", ev["memory"]])
+    if mem_rows:
+        lines += ["**Memory** (VmRSS sampled during each measurement)", ""]
+        lines += _table(["measurement", "baseline RSS", "peak RSS", "feature data"],
+                        [[n, _gib(m["baseline_rss_bytes"]), _gib(m["peak_rss_bytes"]), _gib(m["feature_bytes"])]
+                         for n, m in mem_rows]) + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("json", help="output of python -m experiments.bench")
+    args = p.parse_args(argv)
+    path = Path(args.json)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"{path}: cannot read a bench JSON ({e})")
+    if report.get("benchmark") != "clapjax" or "targets" not in report:
+        sys.exit(f"{path}: not a python -m experiments.bench report (missing 'benchmark'/'targets')")
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()

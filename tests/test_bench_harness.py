@@ -1,0 +1,115 @@
+"""The benchmark harness runs at tiny size and emits the documented JSON schema (no timing assertions)."""
+
+import json
+import math
+
+import pytest
+
+from experiments import bench, bench_report
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _check_memory(mem: dict) -> None:
+    assert set(mem) == {"baseline_rss_bytes", "peak_rss_bytes", "feature_bytes"}
+    assert all(isinstance(v, int) and v > 0 for v in mem.values()), mem
+    assert mem["peak_rss_bytes"] >= mem["baseline_rss_bytes"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    messages = []
+    args = bench.parser().parse_args(["--size", "tiny", "--out", str(out)])
+    result = bench.run(args, log=messages.append)
+    assert messages, "the harness logs a human summary"
+    # Everything must survive a JSON round trip (no numpy scalars, no NaN).
+    text = json.dumps(result, allow_nan=False)
+    return json.loads(text)
+
+
+def test_top_level_schema(report):
+    for key in ("schema_version", "benchmark", "size", "date_utc", "machine", "load_average", "config",
+                "matmul_peak", "training_features", "training", "scaling", "pseudolabels", "evaluation",
+                "targets", "total_s"):
+        assert key in report, key
+    assert report["schema_version"] == bench.SCHEMA_VERSION and report["benchmark"] == "clapjax"
+    assert report["size"] == "tiny"
+    m = report["machine"]
+    assert isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert _positive(m["cores"]) and _positive(m["num_devices"]) and isinstance(m["jax"], str)
+    assert len(report["load_average"]["start"]) == 3 and len(report["load_average"]["end"]) == 3
+    peak = report["matmul_peak"]
+    assert all(_positive(peak[k]) for k in ("before_flops_per_s", "after_flops_per_s", "used_flops_per_s"))
+    assert peak["used_flops_per_s"] == max(peak["before_flops_per_s"], peak["after_flops_per_s"])
+    assert _positive(report["total_s"])
+
+
+def test_training_schema(report):
+    size = bench.SIZES["tiny"]
+    results = report["training"]["results"]
+    assert {(r["backend"], r["K"]) for r in results} == {(b, k) for b in bench.BACKENDS for k in size.ks}
+    for r in results:
+        for key in ("first_round_s", "steady_round_s", "segments_per_s", "model_flops_per_s", "fraction_of_peak"):
+            assert _positive(r[key]), (key, r)
+        assert r["compile_s"] >= 0 and len(r["steady_rounds_s"]) == size.rounds
+        assert r["total_segments"] == size.rows and r["dropout"] is True
+        _check_memory(r["memory"])
+        # Throughput is derived from the steady round time, not measured independently.
+        assert r["segments_per_s"] == pytest.approx(size.rows / r["steady_round_s"])
+
+
+def test_scaling_pseudolabels_evaluation_schema(report):
+    sc = report["scaling"]
+    assert sc["multipliers"] == [1, 2, 4] and sc["segments"] == [256, 512, 1024]
+    assert all(_positive(x) for x in sc["steady_round_s"] + sc["linear_ratio"] + sc["segments_per_s"])
+    assert sc["linear_ratio"][0] == pytest.approx(1.0)
+    _check_memory(sc["memory"])
+    pl = report["pseudolabels"]
+    for key in ("statistics_s", "statistics_compile_s", "vpl_s", "spl_first_s", "plr_first_s"):
+        assert _positive(pl[key]), key
+    assert pl["num_segments"] > 0 and pl["feature_dim"] == bench.SIZES["tiny"].pl_dim
+    _check_memory(pl["memory"])
+    ev = report["evaluation"]
+    assert ev["frames"] == 16 * ev["segments"]
+    assert all(_positive(ev[k]) for k in ("score_s", "segments_per_s", "metrics_s", "frames_per_s"))
+    assert set(ev["metrics"]) == {"auc", "ap_sklearn", "ap_trapezoid"}
+    assert all(0.0 <= v <= 1.0 for v in ev["metrics"].values())
+    _check_memory(ev["memory"])
+
+
+def test_targets_schema(report):
+    t = report["targets"]
+    assert set(t) == {"vmap_ge_loop", "peak_fraction_K13", "linear_in_segments", "flat_in_K"}
+    for name, target in t.items():
+        assert {"description", "threshold", "measured", "met"} <= set(target), name
+        assert _positive(target["threshold"])
+        if target["measured"] is None:
+            assert target["met"] is None
+        else:
+            assert _positive(target["measured"]) and isinstance(target["met"], bool)
+    # Tiny size has K = 13 only (no K = 5, 50), so flat_in_K is not measured.
+    assert t["flat_in_K"]["measured"] is None
+    assert set(t["vmap_ge_loop"]["per_K"]) == {"13"}
+    vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
+    assert t["peak_fraction_K13"]["measured"] == vmap13["fraction_of_peak"]
+    assert t["vmap_ge_loop"]["met"] == all(v >= 1.0 for v in t["vmap_ge_loop"]["per_K"].values())
+
+
+def test_report_renders_markdown(report):
+    text = bench_report.render(report)
+    assert report["machine"]["cpu_model"] in text and report["date_utc"][:10] in text
+    assert "| backend | K | segments/s |" in text
+    for name in report["targets"]:
+        assert name in text
+    # One table row per training result.
+    assert sum(line.startswith("| vmap |") for line in text.splitlines()) == len(bench.SIZES["tiny"].ks)
+
+
+def test_report_rejects_other_json(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"benchmark": "pseudolabels"}))
+    with pytest.raises(SystemExit, match="not a python -m experiments.bench report"):
+        bench_report.main([str(path)])
