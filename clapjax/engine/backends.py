@@ -115,24 +115,11 @@ class Executor:
         fns, opts, mo = self.fns, self.opts, self.model_options
         sp = 0 if self.stacked_start else None
 
-        group = opts.participant_group
-
         def train_all(start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid):
             TRACE_COUNTS["train_all"] += 1
             f = lambda *a: participant_round(fns, opts, *a)  # noqa: E731
-            if group is None:
-                return jax.vmap(f, in_axes=(sp, 0, 0, 0, None, None, 0, 0, 0, 0))(
-                    start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid)
-            per = (start_params,) if self.stacked_start else ()
-
-            def one(args):
-                s = args[0] if self.stacked_start else start_params
-                rest = args[1:] if self.stacked_start else args
-                r, lab, ctl, ro, po, ma, va = rest
-                return f(s, r, lab, ctl, server_control, features, ro, po, ma, va)
-
-            return jax.lax.map(one, (*per, rngs, labels, controls, rows, positions, mask, valid),
-                               batch_size=group)
+            return jax.vmap(f, in_axes=(sp, 0, 0, 0, None, None, 0, 0, 0, 0))(
+                start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid)
 
         def chunk_all(state, start_params, labels, controls, server_control, x, positions, mask, valid):
             TRACE_COUNTS["chunk_all"] += 1

@@ -46,12 +46,6 @@ class TrainOptions:
       backend: "vmap" (participants vmapped in one jit), "loop" (Python loop,
         one jitted participant at a time), "sharded" (participant axis sharded
         over all local devices).
-      participant_group: vmap/sharded only: None vmaps all participants at
-        once; g > 0 runs groups of g vmapped participants one group after the
-        other inside the same jit (``lax.map(..., batch_size=g)``), which keeps
-        a group's parameters cache-resident. Same batches and dropout masks;
-        XLA may round a few matmul outputs differently in the last bit (so it
-        is not bit-identical to full vmap / loop).
       setting: "collaborative", "local" (no aggregation, every participant
         keeps its model) or "centralized" (all data in one participant).
       plr_start_round: 0-based round from which PLR refines labels after local
@@ -89,7 +83,6 @@ class TrainOptions:
     server_b2: float = 0.99
     server_eps: float = 1e-3
     backend: Backend = "vmap"
-    participant_group: int | None = None
     setting: Setting = "collaborative"
     plr_start_round: int | None = 1
     prng_impl: Literal["rbg", "threefry2x32"] = "rbg"
@@ -113,8 +106,6 @@ class TrainOptions:
         for name in ("momentum", "l2", "mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainOptions.{name} must be >= 0, got {getattr(self, name)}")
-        if self.participant_group is not None and self.participant_group < 1:
-            raise ValueError(f"TrainOptions.participant_group must be >= 1 or None, got {self.participant_group}")
         if self.plr_start_round is not None and self.plr_start_round < 0:
             raise ValueError(f"TrainOptions.plr_start_round must be >= 0 or None, got {self.plr_start_round}")
 

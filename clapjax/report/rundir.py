@@ -93,13 +93,20 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if out.get("clapjax") is None and "clapjax" in out:
+        # Running from a checkout without installation: the package's own version.
+        import clapjax
+
+        out["clapjax"] = getattr(clapjax, "__version__", None)
     return out
 
 
 def git_state(start: Path | None = None) -> dict[str, Any]:
     """``dict(commit, dirty)`` of the checkout holding clapjax, or ``None`` values.
 
-    Read-only git calls only; any failure (no git, not a checkout) gives ``None``.
+    ``dirty`` counts modified and untracked (not ignored) files: either means the
+    commit alone does not reproduce the code. Read-only git calls only; any
+    failure (no git, not a checkout) gives ``None``.
     """
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
@@ -109,7 +116,7 @@ def git_state(start: Path | None = None) -> dict[str, Any]:
         if commit.returncode != 0:
             return dict(commit=None, dirty=None)
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain"],
             cwd=where, capture_output=True, text=True, timeout=10,
         )
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
