@@ -59,7 +59,8 @@ def render(report: dict) -> str:
               f"Run: {report['date_utc']}, {report['total_s'] / 60:.1f} min; 1-minute load average "
               f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end (a shared machine: other jobs ran "
               "concurrently, so absolute numbers are noisy; ratios come from one process and one run).",
-              f"float32 matmul peak ({report['matmul_peak']['n']}² `jnp.dot`): "
+              f"float32 matmul peak (best `jnp.dot` rate over {len(report['matmul_peak']['shapes'])} shapes, "
+              f"measured {len(report['matmul_peak']['measurements'])} times in the run): "
               f"{report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s.", ""]
 
     lines += ["**Targets**", ""]

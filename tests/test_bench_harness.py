@@ -42,8 +42,11 @@ def test_top_level_schema(report):
     assert _positive(m["cores"]) and _positive(m["num_devices"]) and isinstance(m["jax"], str)
     assert len(report["load_average"]["start"]) == 3 and len(report["load_average"]["end"]) == 3
     peak = report["matmul_peak"]
-    assert all(_positive(peak[k]) for k in ("before_flops_per_s", "after_flops_per_s", "used_flops_per_s"))
-    assert peak["used_flops_per_s"] == max(peak["before_flops_per_s"], peak["after_flops_per_s"])
+    assert _positive(peak["median_square_flops_per_s"]) and len(peak["measurements"]) == 3
+    for m in peak["measurements"]:
+        assert len(m["per_shape_flops_per_s"]) == len(peak["shapes"])
+        assert all(_positive(v) for v in m["per_shape_flops_per_s"].values())
+    assert peak["used_flops_per_s"] == max(m["best_flops_per_s"] for m in peak["measurements"])
     assert _positive(report["total_s"])
 
 

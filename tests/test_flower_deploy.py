@@ -5,9 +5,11 @@ message runs in its own process. Checks: the final global model equals the
 in-process engine's, only summaries and deltas cross the wire (from both ends'
 logs), and a participant killed mid-run is reported without a hang.
 
-Needs the ``flower`` extra (skipped otherwise). Marked slow: every ClientApp
-message starts a fresh Python + JAX process, so one deployment takes 1-2 min
-on 2 cores (the five tests of this file: about 5.5 min under load).
+Needs the ``flower`` extra (skipped otherwise; the README's test command
+installs it, so CI runs these). Every ClientApp message starts a fresh Python +
+JAX process, so one deployment takes 1-2 min on 2 cores: the shared deployment
+and the killed-participant run are in the default run (about 2.5 min); the
+SecAgg+ run (about 2 min more) is marked slow.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("flwr")
-pytestmark = pytest.mark.slow
 
 import jax  # noqa: E402
 
@@ -161,6 +162,7 @@ def test_killed_participant_is_reported_without_hang(tmp_path):
         assert live_group_members(proc.pid) == [], proc.name
 
 
+@pytest.mark.slow
 def test_secure_aggregation_matches_in_process_within_quantisation(tmp_path):
     """SecAgg+ (4 stages per round): the server only unmasks the mean delta.
 
