@@ -85,8 +85,8 @@ class RunConfig:
     """Generate a clean split from --seed instead of the official file (random: balanced; event: by class name; scene: official scenes)."""
     seed: int = 0
     """Seed of model init, dropout, shuffling and generated splits (the synthetic dataset itself is fixed)."""
-    backend: Literal["vmap", "loop", "sharded"] = "vmap"
-    """Execution of the participants: vmapped, Python loop, or sharded over devices."""
+    backend: Literal["auto", "vmap", "loop", "sharded"] = "auto"
+    """Execution of the participants: vmapped, Python loop, or sharded over devices. auto: vmap unless padding every participant to the largest would waste over half the work (K·max/total segments > 1.5, e.g. event 13: 2.4), then loop."""
     weak_labels: int = 0
     """Weak supervision: the first N participants use their true video labels instead of VPL."""
     weak_participants: tuple[int, ...] = ()
@@ -224,6 +224,20 @@ def load_split(config: RunConfig) -> tuple[splits_lib.Split, str]:
     return splits_lib.load(ds, kind, k), kind
 
 
+#: ``auto`` backend: above this padding overhead (K · largest / total segments) use the loop.
+AUTO_LOOP_OVERHEAD = 1.5
+
+
+def choose_backend(backend: str, split: splits_lib.Split) -> str:
+    """Resolves ``auto``: the vmap backend pads every participant to the largest
+    one, so for unbalanced splits the Python loop over participants does less work."""
+    if backend != "auto":
+        return backend
+    counts = split.segment_counts()
+    overhead = len(counts) * counts.max() / max(int(counts.sum()), 1)
+    return "loop" if overhead > AUTO_LOOP_OVERHEAD else "vmap"
+
+
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     """``runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>`` (relative to cwd)."""
     return Path("runs") / (
@@ -293,7 +307,7 @@ def validate(config: RunConfig) -> ResolvedRun:
     try:
         pseudo = option_groups.resolve(PseudoLabelOptions, config.variant, config.pl)
         model = option_groups.resolve(ModelOptions, config.variant, config.model)
-        fixed = dict(aggregator=config.aggregator, backend=config.backend,
+        fixed = dict(aggregator=config.aggregator, backend=choose_backend(config.backend, split),
                      setting=config.setting, seed=config.seed)
         if config.rounds is not None:
             fixed["rounds"] = config.rounds

@@ -71,7 +71,7 @@ class ProtocolArgs:
     """Seed of every run (the seeds protocol uses seed, seed+1, ...)."""
     videos_per_participant: Optional[int] = None
     """Quick runs: keep only N anomalous + N normal videos per participant."""
-    backend: Literal["vmap", "loop", "sharded"] = "vmap"
+    backend: Literal["auto", "vmap", "loop", "sharded"] = "auto"
     """Execution backend of every run."""
     workdir: Path = Path("runs/protocols")
     """Root of the protocol's run directories."""

@@ -59,6 +59,10 @@ def test_defaults_and_workdir_name():
     r = validate(run.parse(["--split=event", "--participants=13"]))
     assert r.workdir == Path("runs/ucf-event-13-collaborative-paper-seed0")
     assert r.train.rounds == 10 and r.pseudo_labels.beta == 0.2
+    # auto backend: event 13 is unbalanced (K·max/total = 2.4) -> loop; random 5 -> vmap.
+    assert r.train.backend == "loop" and r.config.backend == "auto"
+    assert validate(run.parse([])).train.backend == "vmap"
+    assert validate(run.parse(["--split", "event", "--backend", "vmap"])).train.backend == "vmap"
     ref = validate(run.parse(["--split", "scene", "--variant", "reference", "--pl.beta", "0.1",
                               "--train.plr-start-round", "none"]))
     assert ref.num_participants == 11 and ref.pseudo_labels.beta == 0.1
