@@ -341,6 +341,19 @@ def locate_feature_files(
     return out
 
 
+
+def _check_source_modes(crops: str, nonfinite: str, part: str) -> None:
+    """Validates the crop and non-finite handling options of a file source."""
+    if crops not in CROP_MODES:
+        raise ValueError(f"crops must be one of {CROP_MODES}, got {crops!r}")
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+    if nonfinite == "drop" and part != "train":
+        raise ValueError(
+            "nonfinite='drop' is only allowed for training features: dropping test "
+            "segments would misalign the frame ground truth"
+        )
+
 class NpyFilesSource(SourceBase):
     """Per-video ``.npy`` files, memory-mapped, one file per video or per crop.
 
@@ -374,15 +387,7 @@ class NpyFilesSource(SourceBase):
         feature_dim: int | None = None,
         nonfinite: str = "error",
     ):
-        if crops not in CROP_MODES:
-            raise ValueError(f"crops must be one of {CROP_MODES}, got {crops!r}")
-        if nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
-        if nonfinite == "drop" and part != "train":
-            raise ValueError(
-                "nonfinite='drop' is only allowed for training features: dropping test "
-                "segments would misalign the frame ground truth"
-            )
+        _check_source_modes(crops, nonfinite, part)
         if len(files) != len(names):
             raise ValueError(f"{len(files)} file lists for {len(names)} videos")
         if not names:
@@ -498,15 +503,7 @@ class ConcatenatedSource(SourceBase):
         feature_dim: int | None = None,
         nonfinite: str = "error",
     ):
-        if crops not in CROP_MODES:
-            raise ValueError(f"crops must be one of {CROP_MODES}, got {crops!r}")
-        if nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
-        if nonfinite == "drop" and part != "train":
-            raise ValueError(
-                "nonfinite='drop' is only allowed for training features: dropping test "
-                "segments would misalign the frame ground truth"
-            )
+        _check_source_modes(crops, nonfinite, part)
         self.path = Path(array)
         shape, _ = npy_header(self.path, "<all videos>")
         if len(shape) == 2:
