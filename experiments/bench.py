@@ -26,6 +26,10 @@ Groups (keys of the JSON):
   is the largest (a peak is the best observed rate; on a shared machine a
   median under load would understate it). ``median_square_flops_per_s`` is
   ``bench_train.matmul_peak`` (median, ``n×n``) at start, for reference.
+* ``step_shape_ceiling``: the best FLOP/s of the training step's dominant
+  matmuls at K = 13 (first-layer forward and weight gradient, vmapped and
+  scanned as in a round): what these shapes reach on this machine, against
+  which ``targets.peak_fraction_K13.fraction_of_step_shape_ceiling`` is given.
 * ``training``: for each K in ``ks`` the same ``rows`` segments (``[rows,
   crops, dim]``) split evenly over K participants; every backend trains full
   rounds (batch ``batch``, dropout on, PLR off) with steady rounds interleaved
@@ -40,6 +44,12 @@ Groups (keys of the JSON):
   ``linear_ratio[m] = t(xm) / (m · t(x1))`` (1 = linear). ``k_ratio`` is the
   vmap steady round time at the largest K over the one at K = 5, from
   ``training``.
+* ``memory``: ``checks``, one per feature size in ``memory_rows``, each
+  ``experiments.bench_train --memory-check`` in a fresh process (K = 13,
+  in-memory vmap rounds): start-up RSS, the first (compiling) round's peak,
+  the steady rounds' peak (``VmHWM`` reset after the first round),
+  ``peak_over_features`` = (steady peak − start-up) / feature bytes, and XLA's
+  count of the round's temporary and output buffers.
 * ``pseudolabels``: statistics, VPL, SPL and one PLR update on the UCF-shaped
   training set, per stage (``experiments.bench_pseudolabels.run``), plus
   ``memory``.
@@ -103,6 +113,7 @@ from experiments import bench_train  # noqa: E402
 
 SCHEMA_VERSION = 1
 BACKENDS = ("vmap", "loop", "sharded")
+GROUPS = ("training", "scaling", "memory", "pseudolabels", "evaluation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,15 +132,19 @@ class Size:
     pl_dim: int
     eval_stride: int  # every eval_stride-th UCF test video (1 = all, ~1.1M frames)
     eval_dim: int
+    memory_rows: tuple[int, ...] = ()  # feature rows of the fresh-process memory checks (K = 13)
 
 
 SIZES = {
     "full": Size(rows=32768, dim=2048, crops=1, ks=(1, 5, 13, 25, 50), rounds=3, scaling_k=13, matmul_n=4096,
-                 pl_quick=False, pl_stride=1, pl_dim=2048, eval_stride=1, eval_dim=2048),
+                 pl_quick=False, pl_stride=1, pl_dim=2048, eval_stride=1, eval_dim=2048,
+                 memory_rows=(32768, 262144)),
     "quick": Size(rows=4096, dim=2048, crops=1, ks=(5, 13, 50), rounds=2, scaling_k=13, matmul_n=2048,
-                  pl_quick=True, pl_stride=128, pl_dim=2048, eval_stride=8, eval_dim=2048),
+                  pl_quick=True, pl_stride=128, pl_dim=2048, eval_stride=8, eval_dim=2048,
+                  memory_rows=(4096,)),
     "tiny": Size(rows=1024, dim=64, crops=1, ks=(13,), rounds=2, scaling_k=13, matmul_n=256,
-                 pl_quick=True, pl_stride=200, pl_dim=64, eval_stride=20, eval_dim=64),
+                 pl_quick=True, pl_stride=200, pl_dim=64, eval_stride=20, eval_dim=64,
+                 memory_rows=(1024,)),
 }
 
 
@@ -151,7 +166,58 @@ def matmul_peak_best(shapes: list[tuple[int, int, int]], repeats: int = 7) -> di
     return {"per_shape_flops_per_s": per_shape, "best_flops_per_s": max(per_shape.values())}
 
 
+def step_shape_ceiling(k: int, batch: int, dim: int, width: int, steps: int = 8, repeats: int = 5) -> dict:
+    """Best FLOP/s of the training step's dominant matmuls, vmapped as in a round.
+
+    ``steps`` scanned steps of ``k`` participants each computing the first
+    layers' forward ``[batch, dim] @ [dim, width]`` and weight gradient
+    ``[dim, batch] @ [batch, width]`` with their own weights (``width`` = the
+    first layers' total outputs). This is what the step's shapes allow on this
+    machine; the model FLOP/s of training can at best approach it.
+    """
+    x = jax.random.normal(jax.random.key(0), (steps, k, batch, dim), jnp.float32)
+    w = jax.random.normal(jax.random.key(1), (k, dim, width), jnp.float32) * 0.01
+
+    def scan(x, w):
+        def body(acc, xb):
+            h = jnp.einsum("kbd,kdh->kbh", xb, w)
+            return acc + jnp.einsum("kbd,kbh->kdh", xb, h), None
+        return jax.lax.scan(body, jnp.zeros_like(w), x)[0]
+
+    f = jax.jit(scan)
+    f(x, w).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x, w).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return {"K": k, "batch": batch, "dim": dim, "width": width,
+            "flops_per_s": 4.0 * steps * k * batch * dim * width / best}
+
+
 # --------------------------------------------------------------------- memory
+def memory_group(size: Size, network: str, batch: int, log) -> list[dict]:
+    """``bench_train --memory-check`` in a fresh process per feature size (clean baselines)."""
+    import subprocess
+
+    out = []
+    for rows in size.memory_rows:
+        cmd = [sys.executable, "-m", "experiments.bench_train", "--memory-check", "--rows", str(rows),
+               "--dim", str(size.dim), "--crops", str(size.crops), "--batch", str(batch), "--networks", network]
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory check with {rows} rows failed:\n{proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout)
+        out.append(r)
+        log(f"memory: {r['feature_bytes'] / 2**30:.2f} GiB features, K={r['K']}: steady peak "
+            f"{(r['peak_rss_bytes'] - r['baseline_rss_bytes']) / 2**30:.2f} GiB above start-up "
+            f"= {r['peak_over_features']:.2f}x features")
+    return out
+
+
 def vmrss_bytes() -> int:
     """Resident set size of this process (``VmRSS`` of ``/proc/self/status``), 0 if unavailable."""
     try:
@@ -328,7 +394,8 @@ def evaluation_group(size: Size, network: str, repeats: int, log) -> dict:
 
 
 # -------------------------------------------------------------------- targets
-def targets(training: list[dict], scaling: dict | None, network: str, batch: int) -> dict:
+def targets(training: list[dict], scaling: dict | None, network: str, batch: int,
+            memory: list[dict] | None = None, ceiling: float | None = None) -> dict:
     """The issue's four targets: description, threshold, measured value, met (None if not measured)."""
     by = {(r["backend"], r["K"]): r for r in training}
     ks = sorted({r["K"] for r in training})
@@ -344,7 +411,9 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
     out["peak_fraction_K13"] = {
         "description": f"vmap model FLOP/s at K=13 ({network} network, dropout on, batch {batch}) "
                        ">= 65% of the measured float32 matmul peak",
-        "threshold": 0.65, "measured": frac, "met": None if frac is None else (frac >= 0.65 and batch == 128)}
+        "threshold": 0.65, "measured": frac, "met": None if frac is None else (frac >= 0.65 and batch == 128),
+        "fraction_of_step_shape_ceiling": (None if k13 is None or not ceiling
+                                           else k13["model_flops_per_s"] / ceiling)}
     lin = None
     if scaling is not None:
         lin = max(max(r, 1.0 / r) for r in scaling["linear_ratio"][1:])
@@ -360,6 +429,15 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
         "description": "vmap round time at K=50 within 1.3x of K=5 at the same total segments "
                        "(measured: t(K=50)/t(K=5))",
         "threshold": 1.3, "measured": kr, "met": None if kr is None else kr <= 1.3}
+    largest = max(memory, key=lambda r: r["feature_bytes"]) if memory else None
+    mr = None if largest is None else largest["peak_over_features"]
+    out["round_memory"] = {
+        "description": "peak RSS of steady in-memory training rounds (K=13) minus the start-up RSS <= 1.25x "
+                       "the feature array (measured: the largest feature size checked)",
+        "threshold": 1.25, "measured": mr,
+        "per_feature_bytes": None if not memory else {str(r["feature_bytes"]): r["peak_over_features"]
+                                                       for r in memory},
+        "met": None if mr is None else mr <= 1.25}
     return out
 
 
@@ -407,6 +485,8 @@ def run(args: argparse.Namespace, log=None) -> dict:
     peak_shapes = [(n, n, n), (n // 2, n // 2, n // 2), (13 * args.batch, size.dim, 512)]
     peaks = [matmul_peak_best(peak_shapes)]
     median_square = bench_train.matmul_peak(n)
+    h1 = ModelOptions.preset(args.network).hidden[0]
+    width = 2 * h1 if ModelOptions.preset(args.network).attention else h1
     training = scaling = None
     if "training" in args.groups or "scaling" in args.groups:
         with RssSampler() as mem:
@@ -419,6 +499,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
             training = training_group(features, labels, size, args.network, backends, args.batch, log)
             report["training_elapsed_s"] = time.perf_counter() - t
             peaks.append(matmul_peak_best(peak_shapes))
+            report["step_shape_ceiling"] = step_shape_ceiling(13, args.batch, size.dim, width)
         if "scaling" in args.groups:
             t = time.perf_counter()
             scaling = scaling_group(features, labels, size, args.network, args.batch, log)
@@ -428,6 +509,11 @@ def run(args: argparse.Namespace, log=None) -> dict:
         t = time.perf_counter()
         report["evaluation"] = evaluation_group(size, args.network, 3, log)
         report["evaluation"]["elapsed_s"] = time.perf_counter() - t
+    memory = None
+    if "memory" in args.groups:
+        t = time.perf_counter()
+        memory = memory_group(size, args.network, args.batch, log)
+        report["memory"] = {"checks": memory, "elapsed_s": time.perf_counter() - t}
     if "pseudolabels" in args.groups:
         t = time.perf_counter()
         report["pseudolabels"] = pseudolabel_group(size, args.data_dir, args.pl_variant, log)
@@ -446,7 +532,8 @@ def run(args: argparse.Namespace, log=None) -> dict:
             scaling["k_ratio"] = {"K_small": 5, "K_large": max(by),
                                   "ratio": by[max(by)]["steady_round_s"] / by[5]["steady_round_s"]}
         report["scaling"] = scaling
-    report["targets"] = targets(training or [], scaling, args.network, args.batch)
+    ceiling = report.get("step_shape_ceiling", {}).get("flops_per_s")
+    report["targets"] = targets(training or [], scaling, args.network, args.batch, memory, ceiling)
     report["load_average"]["end"] = list(os.getloadavg())
     report["total_s"] = time.perf_counter() - t_start
     return report
@@ -460,6 +547,12 @@ def summary_lines(report: dict) -> list[str]:
     for r in report.get("training", {}).get("results", []):
         lines.append(f"  {r['backend']:8s} K={r['K']:3d}: {r['segments_per_s']:9.0f} seg/s, "
                      f"{100 * r['fraction_of_peak']:5.1f}% of peak, compile {r['compile_s']:.1f} s")
+    ceil = report.get("step_shape_ceiling")
+    if ceil:
+        frac = report["targets"]["peak_fraction_K13"].get("fraction_of_step_shape_ceiling")
+        lines.append(f"  step-shape matmul ceiling (K={ceil['K']}, [{ceil['batch']},{ceil['dim']}]x"
+                     f"[{ceil['dim']},{ceil['width']}] fwd + weight grad): {ceil['flops_per_s'] / 1e9:.1f} GFLOP/s"
+                     + ("" if frac is None else f"; vmap K=13 training reaches {100 * frac:.1f}% of it"))
     for name, t in report["targets"].items():
         m = t["measured"]
         lines.append(f"  target {name}: measured {'n/a' if m is None else f'{m:.3f}'} "
@@ -477,8 +570,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--network", choices=("paper", "reference"), default="paper")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    p.add_argument("--groups", nargs="+", choices=("training", "scaling", "pseudolabels", "evaluation"),
-                   default=["training", "scaling", "pseudolabels", "evaluation"])
+    p.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     p.add_argument("--rows", type=int, default=None, help="override the training segments of --size")
     p.add_argument("--ks", type=int, nargs="+", default=None, help="override the participant counts of --size")
     p.add_argument("--rounds", type=int, default=None, help="override the steady rounds (median) of --size")

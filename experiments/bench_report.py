@@ -82,6 +82,15 @@ def render(report: dict) -> str:
                 for r in sorted(res, key=lambda r: (r["K"], r["backend"]))]
         lines += _table(["backend", "K", "segments/s", "model GFLOP/s", "of peak", "round s", "compile s",
                          "peak RSS"], rows) + [""]
+        ceil = report.get("step_shape_ceiling")
+        if ceil:
+            frac = report["targets"]["peak_fraction_K13"].get("fraction_of_step_shape_ceiling")
+            lines += [f"Step-shape ceiling: the step's dominant matmuls alone (K = {ceil['K']} participants "
+                      f"vmapped, forward `[{ceil['batch']}, {ceil['dim']}] @ [{ceil['dim']}, {ceil['width']}]` "
+                      f"and its weight gradient, scanned) reach {ceil['flops_per_s'] / 1e9:.1f} GFLOP/s = "
+                      f"{100 * ceil['flops_per_s'] / report['matmul_peak']['used_flops_per_s']:.1f}% of the peak"
+                      + ("" if frac is None else f"; vmap training at K = 13 reaches {100 * frac:.1f}% of this "
+                         "ceiling") + ".", ""]
 
     sc = report.get("scaling")
     if sc:
@@ -117,6 +126,18 @@ def render(report: dict) -> str:
         rows = [["scoring (`score_segments`)", _num(ev["score_s"], 3), f"{_num(ev['segments_per_s'])} segments/s"],
                 ["AUC + 2 APs (`frame_metrics`)", _num(ev["metrics_s"], 3), f"{_num(ev['frames_per_s'])} frames/s"]]
         lines += _table(["step", "s", "throughput"], rows) + [""]
+
+    mc = report.get("memory", {}).get("checks")
+    if mc:
+        lines += ["**Round memory** (fresh process per size, K = 13 vmap in-memory rounds; steady peak after "
+                  "the compiling first round, minus the RSS at start-up)", ""]
+        rows = [[_gib(c["feature_bytes"]), _gib(c["baseline_rss_bytes"]), _gib(c["first_round_peak_rss_bytes"]),
+                 _gib(c["peak_rss_bytes"]), f"{c['peak_over_features']:.2f}×",
+                 "n/a" if not c.get("xla_round_buffers") else
+                 _gib(c["xla_round_buffers"]["temp_bytes"] + c["xla_round_buffers"]["output_bytes"])]
+                for c in mc]
+        lines += _table(["features", "start-up RSS", "first-round peak", "steady peak", "(peak − start-up) / features",
+                         "XLA round buffers"], rows) + [""]
 
     mem_rows = []
     if tr:

@@ -65,27 +65,71 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_check(rows: int, dim: int, crops: int, k: int, batch: int) -> dict:
+def _reset_peak_rss() -> bool:
+    """Resets this process's ``VmHWM`` (Linux ``clear_refs`` 5); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_check(rows: int, dim: int, crops: int, k: int, batch: int, network: str = "paper") -> dict:
     """Peak resident memory of in-memory training rounds relative to the features.
 
-    Run first in a fresh process (``--memory-check``): the baseline is the
-    resident set after JAX start-up, before the features exist.
+    Run in a fresh process (``--memory-check``): the baseline is the resident
+    set after JAX start-up, before the features exist. The first round
+    compiles; its peak (compiler memory included) is reported apart from the
+    steady rounds' peak (``VmHWM`` reset after the first round), which is what
+    the target ``peak <= baseline + 1.25 x features`` is checked on. XLA's own
+    account of the round's buffers (``memory_analysis``) is reported too.
     """
     jax.block_until_ready(jnp.zeros(1) + 1)
     baseline = _status_kb("VmRSS") * 1024
     features = aligned_features(rows, crops, dim)
     labels = np.zeros(rows, np.float32)
     parts = np.array_split(np.arange(rows), k)
-    engine = Engine(federated_data(features, labels, parts), ModelOptions.preset("reference"),
+    engine = Engine(federated_data(features, labels, parts), ModelOptions.preset(network),
                     TrainOptions(batch_size=batch, plr_start_round=None))
     state = engine.init()
+    state, _ = engine.run_round(state)
+    jax.block_until_ready(state)
+    first_peak = _status_kb("VmHWM") * 1024
+    reset = _reset_peak_rss()
     for _ in range(2):
         state, _ = engine.run_round(state)
     jax.block_until_ready(state)
-    peak = _status_kb("VmHWM") * 1024
-    return {"feature_bytes": features.nbytes, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
-            "peak_over_features": (peak - baseline) / features.nbytes, "K": k, "target": 1.25,
-            "met": (peak - baseline) / features.nbytes <= 1.25}
+    steady_peak = _status_kb("VmHWM") * 1024
+    xla = _round_memory_analysis(engine, state)
+    ratio = (steady_peak - baseline) / features.nbytes
+    return {"feature_bytes": features.nbytes, "rows": rows, "dim": dim, "crops": crops, "K": k,
+            "network": network, "batch": batch, "baseline_rss_bytes": baseline,
+            "first_round_peak_rss_bytes": first_peak, "peak_rss_bytes": steady_peak,
+            "steady_peak_measured": reset, "peak_over_features": ratio,
+            "model_parameters": model_lib.parameter_count(state.server.params), "xla_round_buffers": xla,
+            "target": 1.25, "met": ratio <= 1.25}
+
+
+def _round_memory_analysis(engine, state) -> dict | None:
+    """XLA's byte counts of the compiled vmap round (temporaries, outputs), or None."""
+    from clapjax.engine import data as data_lib
+
+    ex = engine.executor
+    if ex.backend != "vmap":
+        return None
+    plan = data_lib.make_plan(engine.data.participants, engine.opts.batch_size, engine.opts.local_epochs,
+                              engine.opts.shuffle, engine.opts.seed, 0, engine.num_steps, engine.num_padded)
+    rngs = engine._round_keys(state.rng, jnp.int32(0))
+    try:
+        ma = ex._train_all.lower(state.server.params, rngs, state.labels, state.client_controls,
+                                 state.server.control, engine._features(), *plan).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - not every runtime offers memory_analysis
+        return None
+    if ma is None:
+        return None
+    return {"temp_bytes": int(ma.temp_size_in_bytes), "output_bytes": int(ma.output_size_in_bytes),
+            "argument_bytes": int(ma.argument_size_in_bytes)}
 
 
 def bench_group(features, labels, k, network, backends, dropout, batch, prng_impl, rounds):
@@ -147,7 +191,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.memory_check:
-        text = json.dumps(memory_check(args.rows, args.dim, args.crops, 13, args.batch), indent=1)
+        text = json.dumps(memory_check(args.rows, args.dim, args.crops, 13, args.batch, args.networks[0]), indent=1)
         print(text)
         if args.out:
             with open(args.out, "w") as f:

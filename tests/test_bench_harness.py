@@ -85,7 +85,7 @@ def test_scaling_pseudolabels_evaluation_schema(report):
 
 def test_targets_schema(report):
     t = report["targets"]
-    assert set(t) == {"vmap_ge_loop", "peak_fraction_K13", "linear_in_segments", "flat_in_K"}
+    assert set(t) == {"vmap_ge_loop", "peak_fraction_K13", "linear_in_segments", "flat_in_K", "round_memory"}
     for name, target in t.items():
         assert {"description", "threshold", "measured", "met"} <= set(target), name
         assert _positive(target["threshold"])
@@ -99,6 +99,24 @@ def test_targets_schema(report):
     vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
     assert t["peak_fraction_K13"]["measured"] == vmap13["fraction_of_peak"]
     assert t["vmap_ge_loop"]["met"] == all(v >= 1.0 for v in t["vmap_ge_loop"]["per_K"].values())
+
+
+def test_memory_checks_and_step_shape_ceiling(report):
+    checks = report["memory"]["checks"]
+    assert [c["rows"] for c in checks] == list(bench.SIZES["tiny"].memory_rows)
+    for c in checks:
+        assert c["feature_bytes"] == c["rows"] * c["crops"] * c["dim"] * 4 and c["K"] == 13
+        assert c["peak_rss_bytes"] >= c["baseline_rss_bytes"] > 0 and c["first_round_peak_rss_bytes"] > 0
+        assert c["peak_over_features"] == pytest.approx(
+            (c["peak_rss_bytes"] - c["baseline_rss_bytes"]) / c["feature_bytes"])
+        assert c["model_parameters"] > 0
+    rm = report["targets"]["round_memory"]
+    assert rm["measured"] == checks[-1]["peak_over_features"] and rm["met"] == (rm["measured"] <= 1.25)
+    ceil = report["step_shape_ceiling"]
+    assert ceil["K"] == 13 and _positive(ceil["flops_per_s"])
+    vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
+    assert report["targets"]["peak_fraction_K13"]["fraction_of_step_shape_ceiling"] == pytest.approx(
+        vmap13["model_flops_per_s"] / ceil["flops_per_s"])
 
 
 def test_report_renders_markdown(report):

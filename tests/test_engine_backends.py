@@ -160,3 +160,17 @@ def test_plr_uses_each_local_model_and_spl_refine():
         want = spl.refine_labels(scores, engine.participant_labels(init, k), data.layouts[k],
                                  data.video_labels[k], po)
         np.testing.assert_array_equal(engine.participant_labels(state, k), np.asarray(want))
+
+
+def test_single_participant_vmap_runs_unbatched_and_equals_loop():
+    """K=1 takes the unbatched path of the vmap backend: same bits as loop, one trace."""
+    full = tiny_data()
+    data = federated_data(full.features, full.labels, full.participants[1:2], full.layouts[1:2],
+                          full.video_labels[1:2])
+    states = {}
+    for backend in ("vmap", "loop"):
+        TRACE_COUNTS.clear()
+        engine, states[backend] = run(backend, data, rounds=2)
+        if backend == "vmap":
+            assert TRACE_COUNTS["train_one"] == 1 and TRACE_COUNTS["train_all"] == 0
+    assert leaves_equal(states["vmap"], states["loop"])

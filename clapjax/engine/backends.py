@@ -1,6 +1,8 @@
 """Execution backends: the same per-participant functions run vmapped, looped or sharded.
 
 * ``vmap``: one jitted computation, participants along a vmapped leading axis.
+  A single participant runs the unbatched computation (a batch axis of size
+  1 turns XLA:CPU's dots into slower batched ones; the numbers are the same).
 * ``loop``: a Python loop over participants, each running jitted chunks of
   ``chunk_steps`` steps and then its remaining steps one by one, so no padding
   step is computed (the equivalence and benchmark baseline, FedJAX-style).
@@ -172,6 +174,14 @@ class Executor:
             self._score_all = jax.jit(score_all)
             self._score_chunk_all = jax.jit(score_chunk_all)
 
+        def train_one(start_params, rng, labels, control, server_control, features, rows, positions, mask, valid):
+            TRACE_COUNTS["train_one"] += 1
+            out = participant_round(fns, opts, start_params, rng, labels, control, server_control,
+                                    features, rows, positions, mask, valid)
+            return jax.tree.map(lambda a: a[None], out)
+
+        self._train_one = jax.jit(train_one)
+
         # Loop backend: one participant at a time.
         def chunk_one(state, start_params, labels, control, server_control, features, rows, positions, mask, valid):
             TRACE_COUNTS["chunk_one"] += 1
@@ -266,6 +276,11 @@ class Executor:
         start_params = self.put_start(start_params)
         rngs, labels, controls = self.put_k(rngs), self.put_k(labels), self.put_k(controls)
         server_control = self.put_rep(server_control)
+        if self.backend == "vmap" and features_host is None and plan.rows.shape[0] == 1:
+            first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
+            sp = first(start_params) if self.stacked_start else start_params
+            return self._train_one(sp, rngs[0], labels[0], first(controls), server_control, features_device,
+                                   *(a[0] for a in plan))
         if features_host is None:
             return self._train_all(start_params, rngs, labels, controls, server_control, features_device,
                                    *self.put_k(tuple(plan)))
