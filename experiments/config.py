@@ -86,7 +86,7 @@ class RunConfig:
     seed: int = 0
     """Seed of model init, dropout, shuffling and generated splits (the synthetic dataset itself is fixed)."""
     backend: Literal["auto", "vmap", "loop", "sharded"] = "auto"
-    """Execution of the participants: vmapped, Python loop, or sharded over devices. auto: vmap unless padding every participant to the largest would waste over half the work (K·max/total segments > 1.5, e.g. event 13: 2.4), then loop."""
+    """Execution of the participants: vmapped, Python loop, or sharded over devices. auto: vmap (participants grouped by size, see --train.vmap-groups) unless its padded work would still exceed 1.5x the real work, then loop."""
     weak_labels: int = 0
     """Weak supervision: the first N participants use their true video labels instead of VPL."""
     weak_participants: tuple[int, ...] = ()
@@ -224,18 +224,29 @@ def load_split(config: RunConfig) -> tuple[splits_lib.Split, str]:
     return splits_lib.load(ds, kind, k), kind
 
 
-#: ``auto`` backend: above this padding overhead (K · largest / total segments) use the loop.
+#: ``auto`` backend: above this padding overhead of the vmap backend (padded
+#: over real work, after grouping participants of similar size) use the loop.
 AUTO_LOOP_OVERHEAD = 1.5
 
 
-def choose_backend(backend: str, split: splits_lib.Split) -> str:
-    """Resolves ``auto``: the vmap backend pads every participant to the largest
-    one, so for unbalanced splits the Python loop over participants does less work."""
+def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 128) -> float:
+    """Work of the vmap backend over the real work of ``split``: every participant
+    of a step-count group (``clapjax.engine.data.step_groups``) runs the
+    group's largest number of steps."""
+    from clapjax.engine.data import step_groups, steps_per_epoch
+
+    steps = steps_per_epoch(split.segment_counts(), batch_size)
+    groups = step_groups(steps, vmap_groups)
+    return sum(g.size * max(int(steps[g].max()), 1) for g in groups) / max(int(steps.sum()), 1)
+
+
+def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128) -> str:
+    """Resolves ``auto``: vmap, unless even its step-count groups would pad the
+    participants to over ``AUTO_LOOP_OVERHEAD`` times the real work (then the
+    Python loop over participants does less work)."""
     if backend != "auto":
         return backend
-    counts = split.segment_counts()
-    overhead = len(counts) * counts.max() / max(int(counts.sum()), 1)
-    return "loop" if overhead > AUTO_LOOP_OVERHEAD else "vmap"
+    return "loop" if vmap_overhead(split, vmap_groups, batch_size) > AUTO_LOOP_OVERHEAD else "vmap"
 
 
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
@@ -307,13 +318,14 @@ def validate(config: RunConfig) -> ResolvedRun:
     try:
         pseudo = option_groups.resolve(PseudoLabelOptions, config.variant, config.pl)
         model = option_groups.resolve(ModelOptions, config.variant, config.model)
-        fixed = dict(aggregator=config.aggregator, backend=choose_backend(config.backend, split),
+        fixed = dict(aggregator=config.aggregator, backend="vmap" if config.backend == "auto" else config.backend,
                      setting=config.setting, seed=config.seed)
         if config.rounds is not None:
             fixed["rounds"] = config.rounds
         if config.local_epochs is not None:
             fixed["local_epochs"] = config.local_epochs
         train = option_groups.resolve(TrainOptions, config.variant, config.train, **fixed)
+        train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size))
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid option: {err}") from None
     if train.plr_start_round is not None and train.plr_start_round >= train.rounds:

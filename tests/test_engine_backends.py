@@ -91,8 +91,23 @@ def test_sharded_matches_vmap(results):
 def test_no_recompilation_after_first_round(results):
     for backend, (_, _, _, first, after) in results.items():
         assert first == after, backend  # round 3 traced nothing new
-        # One trace per function (loop: one per chunk shape, full and 1-step).
-        assert all(v <= (2 if k == "chunk_one" else 1) for k, v in first.items()), (backend, first)
+        # One trace per function (loop: one per chunk shape, full and 1-step;
+        # vmap: one per step-count group, singletons unbatched).
+        engine = results[backend][0]
+        limits = {"chunk_one": 2}
+        if backend == "vmap":
+            limits["train_all"] = sum(g.size > 1 for g in engine.groups)
+            limits["train_one"] = sum(g.size == 1 for g in engine.groups)
+        assert all(v <= limits.get(k, 1) for k, v in first.items()), (backend, first)
+
+
+def test_vmap_groups_follow_step_counts(results):
+    engine = results["vmap"][0]
+    # Ragged participants (6, 20, 2, 2 steps) are not padded to 20 steps each.
+    assert len(engine.groups) > 1
+    assert sorted(np.concatenate(engine.groups).tolist()) == list(range(engine.num_padded))
+    one = Engine(tiny_data(), MO, TrainOptions(batch_size=16, local_epochs=2, vmap_groups=1, plr_start_round=None))
+    assert len(one.groups) == 1
 
 
 def test_plr_changed_labels(results):

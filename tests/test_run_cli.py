@@ -59,8 +59,11 @@ def test_defaults_and_workdir_name():
     r = validate(run.parse(["--split=event", "--participants=13"]))
     assert r.workdir == Path("runs/ucf-event-13-collaborative-paper-seed0")
     assert r.train.rounds == 10 and r.pseudo_labels.beta == 0.2
-    # auto backend: event 13 is unbalanced (K·max/total = 2.4) -> loop; random 5 -> vmap.
-    assert r.train.backend == "loop" and r.config.backend == "auto"
+    # auto backend: event 13 is unbalanced (K·max/total = 2.4), but vmap's step-count
+    # groups cut the padded work to 1.09x -> vmap; with one group it would be loop.
+    assert r.train.backend == "vmap" and r.config.backend == "auto" and r.train.vmap_groups == 4
+    one = validate(run.parse(["--split=event", "--participants=13", "--train.vmap-groups", "1"]))
+    assert one.train.backend == "loop" and one.train.vmap_groups == 1
     assert validate(run.parse([])).train.backend == "vmap"
     assert validate(run.parse(["--split", "event", "--backend", "vmap"])).train.backend == "vmap"
     ref = validate(run.parse(["--split", "scene", "--variant", "reference", "--pl.beta", "0.1",

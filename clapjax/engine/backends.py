@@ -1,8 +1,11 @@
 """Execution backends: the same per-participant functions run vmapped, looped or sharded.
 
-* ``vmap``: one jitted computation, participants along a vmapped leading axis.
-  A single participant runs the unbatched computation (a batch axis of size
-  1 turns XLA:CPU's dots into slower batched ones; the numbers are the same).
+* ``vmap``: participants along a vmapped leading axis inside one jitted
+  computation. Ragged participants are split into a few groups of similar
+  step counts (``TrainOptions.vmap_groups``, ``data.step_groups``), one call
+  each, so little padding is computed; a group of one participant runs the
+  unbatched computation (a batch axis of size 1 turns XLA:CPU's dots into
+  slower batched ones). The numbers are the same as in one padded call.
 * ``loop``: a Python loop over participants, each running jitted chunks of
   ``chunk_steps`` steps and then its remaining steps one by one, so no padding
   step is computed (the equivalence and benchmark baseline, FedJAX-style).
@@ -32,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clapjax import model as model_lib
 from clapjax.engine import local
-from clapjax.engine.data import BatchPlan
+from clapjax.engine.data import BatchPlan, step_groups
 from clapjax.engine.local import ClientContext, ClientFns, ClientOutput
 from clapjax.engine.options import TrainOptions
 from clapjax.model import ModelOptions
@@ -72,7 +75,7 @@ def compile_key(opts: TrainOptions) -> TrainOptions:
     executor's host loop) reset, so engines differing only in them share
     compiled functions."""
     return dataclasses.replace(
-        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform",
+        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1,
         setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1)
 
 
@@ -264,11 +267,14 @@ class Executor:
         return int(max(1, min(self.opts.chunk_steps, self.opts.stream_chunk_bytes // max(per_step, 1))))
 
     def train(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
-              features_device=None, features_host: np.ndarray | None = None) -> ClientOutput:
+              features_device=None, features_host: np.ndarray | None = None,
+              groups: list[np.ndarray] | None = None) -> ClientOutput:
         """Local training of all ``K`` (padded) participants.
 
         Exactly one of ``features_device`` (in-memory path) and
-        ``features_host`` (streaming path) is given.
+        ``features_host`` (streaming path) is given. ``groups`` (vmap backend,
+        in-memory path): participant index groups, one call each (default:
+        ``step_groups`` of the plan with ``opts.vmap_groups``).
         """
         if self.backend == "loop":
             return self._train_loop(start_params, rngs, labels, controls, server_control, plan,
@@ -276,11 +282,9 @@ class Executor:
         start_params = self.put_start(start_params)
         rngs, labels, controls = self.put_k(rngs), self.put_k(labels), self.put_k(controls)
         server_control = self.put_rep(server_control)
-        if self.backend == "vmap" and features_host is None and plan.rows.shape[0] == 1:
-            first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
-            sp = first(start_params) if self.stacked_start else start_params
-            return self._train_one(sp, rngs[0], labels[0], first(controls), server_control, features_device,
-                                   *(a[0] for a in plan))
+        if self.backend == "vmap" and features_host is None:
+            return self._train_groups(start_params, rngs, labels, controls, server_control, plan,
+                                      features_device, groups)
         if features_host is None:
             return self._train_all(start_params, rngs, labels, controls, server_control, features_device,
                                    *self.put_k(tuple(plan)))
@@ -290,6 +294,33 @@ class Executor:
             state = self._chunk_all(state, start_params, labels, controls, server_control,
                                     *self.put_k((x, p, m, v)))
         return self._final_all(state, start_params, labels, controls, server_control)
+
+    def _train_groups(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
+                      features_device, groups) -> ClientOutput:
+        steps = plan.step_valid.sum(axis=1)
+        if groups is None:
+            groups = step_groups(steps, self.opts.vmap_groups)
+        outputs, order = [], []
+        for idx in groups:
+            t = max(1, int(steps[idx].max()))
+            sub = tuple(a[idx, :t] for a in plan)
+            pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)  # noqa: E731
+            sp = pick(start_params) if self.stacked_start else start_params
+            if idx.size == 1:
+                k = int(idx[0])
+                first = lambda tree: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
+                out = self._train_one(first(start_params) if self.stacked_start else start_params, rngs[k],
+                                      labels[k], first(controls), server_control, features_device,
+                                      *(a[0] for a in sub))
+            else:
+                out = self._train_all(sp, rngs[idx], labels[idx], pick(controls), server_control,
+                                      features_device, *sub)
+            outputs.append(out)
+            order.append(idx)
+        if len(outputs) == 1 and np.array_equal(order[0], np.arange(plan.rows.shape[0])):
+            return outputs[0]
+        inverse = np.argsort(np.concatenate(order))
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
 
     def _train_loop(self, start_params, rngs, labels, controls, server_control, plan,
                     features_device, features_host) -> ClientOutput:

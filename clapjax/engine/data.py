@@ -226,6 +226,52 @@ def make_plan(
     return BatchPlan(rows, positions, row_mask, step_valid)
 
 
+def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1) -> list[np.ndarray]:
+    """Groups participants of similar step counts so vmapping each group wastes little.
+
+    The vmap backend runs every participant of a group for the group's largest
+    step count; padding steps are computed and discarded. Participants sorted
+    by steps are split into at most ``max_groups`` contiguous groups
+    minimising the padded work ``Σ_g |g| · max_{k∈g} steps_k`` (dynamic
+    programming); the fewest groups within ``tolerance`` of that minimum are
+    used, since every group is one more call (and one more compilation).
+
+    Args:
+      steps: ``[K]`` valid steps per participant.
+      max_groups: upper bound on the number of groups (1: one group).
+    Returns:
+      index arrays (ascending participant order inside each group), largest
+      step counts first; together they cover ``range(K)`` once.
+    """
+    steps = np.asarray(steps, np.int64)
+    k = steps.size
+    if k == 0:
+        return []
+    order = np.argsort(-steps, kind="stable")
+    s = np.maximum(steps[order], 1)
+    g_max = max(1, min(int(max_groups), k))
+    inf = np.iinfo(np.int64).max // 4
+    # cost[g][j]: minimal padded work of the first j sorted participants in g groups.
+    cost = np.full((g_max + 1, k + 1), inf, np.int64)
+    cut = np.zeros((g_max + 1, k + 1), np.int64)
+    cost[0, 0] = 0
+    for g in range(1, g_max + 1):
+        for j in range(1, k + 1):
+            for i in range(j):  # group = sorted[i:j]; its largest is s[i]
+                if cost[g - 1, i] < inf:
+                    c = cost[g - 1, i] + (j - i) * s[i]
+                    if c < cost[g, j]:
+                        cost[g, j], cut[g, j] = c, i
+    best = min(cost[g, k] for g in range(1, g_max + 1))
+    g = next(g for g in range(1, g_max + 1) if cost[g, k] <= tolerance * best)
+    bounds, j = [], k
+    for gg in range(g, 0, -1):
+        i = int(cut[gg, j])
+        bounds.append((i, j))
+        j = i
+    return [np.sort(order[i:j]) for i, j in reversed(bounds)]
+
+
 def padded_rows(participants: Sequence[np.ndarray], num_rows: int, num_participants: int) -> tuple[np.ndarray, np.ndarray]:
     """``([K, num_rows] int32 rows, [K, num_rows] bool mask)`` of each participant's rows."""
     rows = np.zeros((num_participants, num_rows), np.int32)

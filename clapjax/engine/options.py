@@ -57,6 +57,11 @@ class TrainOptions:
       streaming: gather batches on the host from a (memory-mapped) feature
         array in chunks of ``chunk_steps`` with prefetching, instead of
         holding the features on the device.
+      vmap_groups: the vmap backend splits participants into at most this
+        many groups of similar step counts (one vmapped call each) when that
+        cuts the padded work (ragged splits, e.g. event 13: 2.4x -> 1.2x of
+        the real steps); 1 vmaps all participants in one call, padded to the
+        largest. Numerics are the same either way.
       chunk_steps: steps per loop-backend call, and the upper bound of steps
         per streamed chunk.
       stream_chunk_bytes: bound on the bytes of one streamed chunk of gathered
@@ -88,6 +93,7 @@ class TrainOptions:
     prng_impl: Literal["rbg", "threefry2x32"] = "rbg"
     seed: int = 0
     streaming: bool = False
+    vmap_groups: int = 4
     chunk_steps: int = 64
     stream_chunk_bytes: int = 256 * 2**20
     score_chunk: int = 4096
@@ -97,7 +103,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"TrainOptions.{name}={value!r}; expected one of {allowed}")
-        for name in ("rounds", "local_epochs", "batch_size", "chunk_steps", "score_chunk", "stream_chunk_bytes"):
+        for name in ("rounds", "local_epochs", "batch_size", "vmap_groups", "chunk_steps", "score_chunk",
+                     "stream_chunk_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainOptions.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "server_lr"):
