@@ -30,7 +30,7 @@ def _work(steps, groups):
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.integers(1, 4))
 def test_step_groups_against_brute_force(steps, max_groups):
     steps = np.array(steps)
-    groups = step_groups(steps, max_groups)
+    groups = step_groups(steps, max_groups, min_overhead=1.0)
     assert sorted(np.concatenate(groups).tolist()) == list(range(steps.size))
     assert 1 <= len(groups) <= max_groups
     parts = [p for p in _partitions(list(range(steps.size))) if len(p) <= max_groups]
@@ -42,6 +42,12 @@ def test_step_groups_against_brute_force(steps, max_groups):
     # Largest step counts first.
     maxima = [steps[g].max() for g in groups]
     assert maxima == sorted(maxima, reverse=True)
+
+
+def test_nearly_balanced_participants_stay_in_one_group():
+    assert len(step_groups(np.array([10, 9, 8, 7]), 4)) == 1          # 40 / 34 < 1.5
+    assert len(step_groups(np.array([30, 9, 8, 7]), 4)) == 2          # 120 / 54 > 1.5
+    assert len(step_groups(np.array([30, 9, 8, 7]), 4, min_overhead=3.0)) == 1
 
 
 def test_grouped_vmap_equals_one_padded_call():

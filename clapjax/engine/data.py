@@ -226,7 +226,8 @@ def make_plan(
     return BatchPlan(rows, positions, row_mask, step_valid)
 
 
-def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1) -> list[np.ndarray]:
+def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
+                min_overhead: float = 1.5) -> list[np.ndarray]:
     """Groups participants of similar step counts so vmapping each group wastes little.
 
     The vmap backend runs every participant of a group for the group's largest
@@ -235,10 +236,14 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1) -> l
     minimising the padded work ``Σ_g |g| · max_{k∈g} steps_k`` (dynamic
     programming); the fewest groups within ``tolerance`` of that minimum are
     used, since every group is one more call (and one more compilation).
+    Participants stay in one group unless that group's padded work exceeds
+    ``min_overhead`` times the real work (nearly balanced splits keep one call).
 
     Args:
       steps: ``[K]`` valid steps per participant.
       max_groups: upper bound on the number of groups (1: one group).
+      tolerance: accept the fewest groups within this factor of the optimum.
+      min_overhead: split only above this padded / real work of one group.
     Returns:
       index arrays (ascending participant order inside each group), largest
       step counts first; together they cover ``range(K)`` once.
@@ -249,6 +254,8 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1) -> l
         return []
     order = np.argsort(-steps, kind="stable")
     s = np.maximum(steps[order], 1)
+    if k * s[0] <= min_overhead * s.sum():
+        return [np.arange(k)]
     g_max = max(1, min(int(max_groups), k))
     inf = np.iinfo(np.int64).max // 4
     # cost[g][j]: minimal padded work of the first j sorted participants in g groups.

@@ -58,10 +58,12 @@ class TrainOptions:
         array in chunks of ``chunk_steps`` with prefetching, instead of
         holding the features on the device.
       vmap_groups: the vmap backend splits participants into at most this
-        many groups of similar step counts (one vmapped call each) when that
-        cuts the padded work (ragged splits, e.g. event 13: 2.4x -> 1.2x of
-        the real steps); 1 vmaps all participants in one call, padded to the
-        largest. Numerics are the same either way.
+        many groups of similar step counts (one vmapped call each) when one
+        call padded to the largest would do over 1.5x the real steps (ragged
+        splits, e.g. event 13: 2.4x -> 1.09x); 1 always vmaps all
+        participants in one call. The per-participant computation is the
+        same; only XLA's choice of matmul kernel for a batched or unbatched
+        shape can differ, i.e. float32 rounding.
       chunk_steps: steps per loop-backend call, and the upper bound of steps
         per streamed chunk.
       stream_chunk_bytes: bound on the bytes of one streamed chunk of gathered
