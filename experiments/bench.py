@@ -50,6 +50,11 @@ Groups (keys of the JSON):
   the steady rounds' peak (``VmHWM`` reset after the first round),
   ``peak_over_features`` = (steady peak − start-up) / feature bytes, and XLA's
   count of the round's temporary and output buffers.
+* ``ragged``: the ``rows`` segments split over 13 participants in the
+  proportions of the official UCF event-13 split (largest/smallest ≈ 6);
+  ``results`` for ``vmap_one_call`` (``vmap_groups=1``: every participant
+  padded to the largest), ``vmap_grouped`` (default step-count groups) and
+  ``loop``, each with ``segments_per_s`` and ``computed_steps_over_real``.
 * ``pseudolabels``: statistics, VPL, SPL and one PLR update on the UCF-shaped
   training set, per stage (``experiments.bench_pseudolabels.run``), plus
   ``memory``.
@@ -113,7 +118,7 @@ from experiments import bench_train  # noqa: E402
 
 SCHEMA_VERSION = 1
 BACKENDS = ("vmap", "loop", "sharded")
-GROUPS = ("training", "scaling", "memory", "pseudolabels", "evaluation")
+GROUPS = ("training", "scaling", "ragged", "memory", "pseudolabels", "evaluation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +342,56 @@ def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network:
             "linear_ratio": ratios, "memory": mem.summary(features.nbytes)}
 
 
+# --------------------------------------------------------------------- ragged
+#: Segments per participant of the official UCF event-13 split (its shape is what matters here).
+def _event13_fractions() -> np.ndarray:
+    from clapjax import splits
+
+    counts = splits.load("ucf", "event", 13).segment_counts().astype(np.float64)
+    return counts / counts.sum()
+
+
+def ragged_group(features: np.ndarray, labels: np.ndarray, size: Size, network: str, batch: int, log) -> dict:
+    """A ragged split (UCF event 13's proportions of ``rows``): vmap in one padded
+    call, vmap with step-count groups, and loop; steady rounds interleaved."""
+    total = features.shape[0]
+    bounds = np.round(np.cumsum(_event13_fractions()) * total).astype(np.int64)
+    parts = [np.arange(lo, hi) for lo, hi in zip(np.concatenate([[0], bounds[:-1]]), bounds)]
+    data = federated_data(features, labels, parts)
+    mo = ModelOptions.preset(network)
+    configs = {"vmap_one_call": dict(backend="vmap", vmap_groups=1), "vmap_grouped": dict(backend="vmap"),
+               "loop": dict(backend="loop")}
+    engines, states, times = {}, {}, {}
+    with RssSampler() as mem:
+        for name, kw in configs.items():
+            engines[name] = Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch,
+                                                          plr_start_round=None, **kw))
+            t = time.perf_counter()
+            states[name], _ = engines[name].run_round(engines[name].init())
+            jax.block_until_ready(states[name].server.params)
+            times[name] = [time.perf_counter() - t]
+        for _ in range(size.rounds):
+            for name, engine in engines.items():
+                t = time.perf_counter()
+                states[name], _ = engine.run_round(states[name])
+                jax.block_until_ready(states[name].server.params)
+                times[name].append(time.perf_counter() - t)
+    steps = np.array([-(-p.size // batch) for p in parts])
+    results = {}
+    for name, engine in engines.items():
+        steady = statistics.median(times[name][1:])
+        padded = sum(g.size * max(int(steps[g].max()), 1) for g in engine.groups) if name != "loop" else int(steps.sum())
+        results[name] = {"steady_round_s": steady, "first_round_s": times[name][0],
+                         "steady_rounds_s": times[name][1:], "segments_per_s": total / steady,
+                         "groups": [len(g) for g in engine.groups] if name != "loop" else None,
+                         "computed_steps_over_real": padded / int(steps.sum())}
+    log("ragged (event-13 proportions): " + ", ".join(
+        f"{n} {r['segments_per_s']:.0f} seg/s ({r['computed_steps_over_real']:.2f}x steps)" for n, r in results.items()))
+    return {"network": network, "K": len(parts), "batch": batch, "segments": int(total),
+            "segments_per_participant": [int(p.size) for p in parts], "results": results,
+            "memory": mem.summary(features.nbytes)}
+
+
 # --------------------------------------------------------------- pseudolabels
 def pseudolabel_group(size: Size, data_dir: str | None, variant: str, log) -> dict:
     """Per-stage times of ``experiments.bench_pseudolabels.run`` (its own JSON) plus sampled memory."""
@@ -488,7 +543,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
     h1 = ModelOptions.preset(args.network).hidden[0]
     width = 2 * h1 if ModelOptions.preset(args.network).attention else h1
     training = scaling = None
-    if "training" in args.groups or "scaling" in args.groups:
+    if {"training", "scaling", "ragged"} & set(args.groups):
         with RssSampler() as mem:
             features = bench_train.aligned_features(size.rows, size.crops, size.dim)
         labels = (np.random.default_rng(1).random(size.rows) < 0.2).astype(np.float32)
@@ -504,6 +559,10 @@ def run(args: argparse.Namespace, log=None) -> dict:
             t = time.perf_counter()
             scaling = scaling_group(features, labels, size, args.network, args.batch, log)
             scaling["elapsed_s"] = time.perf_counter() - t
+        if "ragged" in args.groups:
+            t = time.perf_counter()
+            report["ragged"] = ragged_group(features, labels, size, args.network, args.batch, log)
+            report["ragged"]["elapsed_s"] = time.perf_counter() - t
         del features
     if "evaluation" in args.groups:
         t = time.perf_counter()

@@ -105,6 +105,17 @@ def render(report: dict) -> str:
                       f"{k['ratio']:.3f}."]
         lines.append("")
 
+    rg = report.get("ragged")
+    if rg:
+        sizes = rg["segments_per_participant"]
+        lines += [f"**Ragged participants** (vmap padding; {rg['segments']:,} segments over K = {rg['K']} in the "
+                  f"proportions of UCF event 13, {min(sizes):,} to {max(sizes):,} per participant)", ""]
+        rows = [[name, "—" if r["groups"] is None else " + ".join(map(str, r["groups"])),
+                 f"{r['computed_steps_over_real']:.2f}×", _num(r["segments_per_s"]), _num(r["steady_round_s"])]
+                for name, r in rg["results"].items()]
+        lines += _table(["backend", "participants per call", "computed / real steps", "segments/s", "round s"],
+                        rows) + [""]
+
     pl = report.get("pseudolabels")
     if pl:
         stride = report["config"]["size"]["pl_stride"]

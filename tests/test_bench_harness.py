@@ -32,7 +32,8 @@ def report(tmp_path_factory):
 
 def test_top_level_schema(report):
     for key in ("schema_version", "benchmark", "size", "date_utc", "machine", "load_average", "config",
-                "matmul_peak", "training_features", "training", "scaling", "pseudolabels", "evaluation",
+                "matmul_peak", "training_features", "training", "scaling", "ragged", "memory", "pseudolabels",
+                "evaluation", "step_shape_ceiling",
                 "targets", "total_s"):
         assert key in report, key
     assert report["schema_version"] == bench.SCHEMA_VERSION and report["benchmark"] == "clapjax"
@@ -99,6 +100,18 @@ def test_targets_schema(report):
     vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
     assert t["peak_fraction_K13"]["measured"] == vmap13["fraction_of_peak"]
     assert t["vmap_ge_loop"]["met"] == all(v >= 1.0 for v in t["vmap_ge_loop"]["per_K"].values())
+
+
+def test_ragged_schema(report):
+    rg = report["ragged"]
+    assert rg["K"] == 13 and sum(rg["segments_per_participant"]) == rg["segments"] == bench.SIZES["tiny"].rows
+    assert set(rg["results"]) == {"vmap_one_call", "vmap_grouped", "loop"}
+    one, grouped = rg["results"]["vmap_one_call"], rg["results"]["vmap_grouped"]
+    assert one["groups"] == [13] and sum(grouped["groups"]) == 13
+    # Grouping never computes more steps than one padded call; the loop computes only real ones.
+    assert 1.0 <= grouped["computed_steps_over_real"] <= one["computed_steps_over_real"]
+    assert rg["results"]["loop"]["computed_steps_over_real"] == 1.0
+    assert all(_positive(r["segments_per_s"]) for r in rg["results"].values())
 
 
 def test_memory_checks_and_step_shape_ceiling(report):
