@@ -166,6 +166,8 @@ def bench_group(features, labels, k, network, backends, dropout, batch, prng_imp
             "first_round_s": ts[0], "compile_s": max(ts[0] - steady, 0.0), "steady_round_s": steady,
             "steady_rounds_s": ts[1:], "segments_per_s": rows / steady, "model_flops_per_s": flops / steady,
             "devices": engines[backend].executor.num_devices, "padded_K": engines[backend].num_padded,
+            # Rows the steps compute: each participant's last partial batch is masked, not dropped.
+            "computed_rows": int(sum(-(-p.size // batch) for p in parts) * batch),
         })
         print(json.dumps({kk: out[-1][kk] for kk in ("network", "backend", "K", "prng_impl", "dropout",
                                                    "segments_per_s", "steady_rounds_s")}),

@@ -60,6 +60,7 @@ def test_training_schema(report):
             assert _positive(r[key]), (key, r)
         assert r["compile_s"] >= 0 and len(r["steady_rounds_s"]) == size.rounds
         assert r["total_segments"] == size.rows and r["dropout"] is True
+        assert size.rows <= r["computed_rows"] < size.rows + r["K"] * 128 and r["computed_rows"] % 128 == 0
         _check_memory(r["memory"])
         # Throughput is derived from the steady round time, not measured independently.
         assert r["segments_per_s"] == pytest.approx(size.rows / r["steady_round_s"])

@@ -3,7 +3,8 @@ FedProx / SCAFFOLD, PLR inside the rounds, orbax checkpoints."""
 
 from clapjax.engine.backends import TRACE_COUNTS, Executor, stream_chunks
 from clapjax.engine.checkpoint import RoundCheckpointer
-from clapjax.engine.data import BatchPlan, FederatedData, aligned_array, centralize, federated_data, make_plan
+from clapjax.engine.data import (
+    BatchPlan, FederatedData, aligned_array, centralize, federated_data, make_plan, step_groups)
 from clapjax.engine.federated import Engine, EngineState, RoundMetrics
 from clapjax.engine.local import Batch, ClientContext, ClientOutput, ClientState, client_fns, local_loss, run_steps
 from clapjax.engine.options import TrainOptions
@@ -15,5 +16,5 @@ __all__ = [
     "EngineState", "Executor", "FederatedData", "RoundCheckpointer", "RoundMetrics", "ServerState",
     "TrainOptions", "aggregate", "centralize", "client_fns", "federated_data", "init_server",
     "local_loss", "make_plan", "participant_weights", "run_steps", "score_segments",
-    "server_optimizer", "stream_chunks",
+    "server_optimizer", "step_groups", "stream_chunks",
 ]
