@@ -93,7 +93,9 @@ class Engine:
         jit-able; default ``clapjax.spl.refine_labels``.
       checkpoint_dir: if given, the state is checkpointed after every round.
       server_tx: an optax optimiser overriding ``train_options.server_optimizer``.
-      devices: devices of the sharded backend (default all local devices).
+      devices: devices of the sharded backend (default: all local devices, or
+        the first K of them when there are fewer participants than devices, so
+        that no device only computes a masked stand-in participant).
     """
 
     def __init__(
@@ -119,6 +121,8 @@ class Engine:
         if opts.plr_start_round is not None and plr_options is None and refine_fn is None:
             raise ValueError("PLR is enabled (plr_start_round is set) but no plr_options were given "
                              "(e.g. clapjax.options.PseudoLabelOptions())")
+        if devices is None and opts.backend == "sharded" and 0 < data.num_participants < len(jax.devices()):
+            devices = jax.devices()[: data.num_participants]
         self.executor = backends.cached_executor(
             model_options, backends.compile_key(opts), opts.setting == "local",
             None if devices is None else tuple(devices))
