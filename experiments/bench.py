@@ -112,7 +112,7 @@ import numpy as np  # noqa: E402
 from clapjax import evaluation, tables  # noqa: E402
 from clapjax import model as model_lib  # noqa: E402
 from clapjax.data import frame_ground_truth  # noqa: E402
-from clapjax.engine import Engine, TrainOptions, federated_data, score_segments  # noqa: E402
+from clapjax.engine import Engine, TrainOptions, federated_data, group_work, score_segments  # noqa: E402
 from clapjax.model import ModelOptions  # noqa: E402
 from experiments import bench_train  # noqa: E402
 
@@ -154,19 +154,24 @@ SIZES = {
 
 
 # ----------------------------------------------------------------------- peak
+def _best_seconds(f, *args, repeats: int) -> float:
+    """Best-of-``repeats`` wall time of ``f(*args)`` after one warm-up (compiling) call."""
+    f(*args).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(*args).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_peak_best(shapes: list[tuple[int, int, int]], repeats: int = 7) -> dict:
     """Best-of-``repeats`` float32 FLOP/s of jitted ``[m, k] @ [k, n]`` dots, per shape and max."""
     per_shape = {}
     for m, k, n in shapes:
         a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
         b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-        f = jax.jit(jnp.dot)
-        f(a, b).block_until_ready()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f(a, b).block_until_ready()
-            best = min(best, time.perf_counter() - t)
+        best = _best_seconds(jax.jit(jnp.dot), a, b, repeats=repeats)
         per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
     return {"per_shape_flops_per_s": per_shape, "best_flops_per_s": max(per_shape.values())}
 
@@ -189,13 +194,7 @@ def step_shape_ceiling(k: int, batch: int, dim: int, width: int, steps: int = 8,
             return acc + jnp.einsum("kbd,kbh->kdh", xb, h), None
         return jax.lax.scan(body, jnp.zeros_like(w), x)[0]
 
-    f = jax.jit(scan)
-    f(x, w).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(x, w).block_until_ready()
-        best = min(best, time.perf_counter() - t)
+    best = _best_seconds(jax.jit(scan), x, w, repeats=repeats)
     return {"K": k, "batch": batch, "dim": dim, "width": width,
             "flops_per_s": 4.0 * steps * k * batch * dim * width / best}
 
@@ -380,7 +379,7 @@ def ragged_group(features: np.ndarray, labels: np.ndarray, size: Size, network: 
     results = {}
     for name, engine in engines.items():
         steady = statistics.median(times[name][1:])
-        padded = sum(g.size * max(int(steps[g].max()), 1) for g in engine.groups) if name != "loop" else int(steps.sum())
+        padded = group_work(steps, engine.groups) if name != "loop" else int(steps.sum())
         results[name] = {"steady_round_s": steady, "first_round_s": times[name][0],
                          "steady_rounds_s": times[name][1:], "segments_per_s": total / steady,
                          "groups": [len(g) for g in engine.groups] if name != "loop" else None,

@@ -233,11 +233,10 @@ def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 1
     """Work of the vmap backend over the real work of ``split``: every participant
     of a step-count group (``clapjax.engine.data.step_groups``) runs the
     group's largest number of steps."""
-    from clapjax.engine.data import step_groups, steps_per_epoch
+    from clapjax.engine.data import group_work, step_groups, steps_per_epoch
 
     steps = steps_per_epoch(split.segment_counts(), batch_size)
-    groups = step_groups(steps, vmap_groups)
-    return sum(g.size * max(int(steps[g].max()), 1) for g in groups) / max(int(steps.sum()), 1)
+    return group_work(steps, step_groups(steps, vmap_groups)) / max(int(steps.sum()), 1)
 
 
 def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128) -> str:

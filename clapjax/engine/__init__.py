@@ -4,7 +4,7 @@ FedProx / SCAFFOLD, PLR inside the rounds, orbax checkpoints."""
 from clapjax.engine.backends import TRACE_COUNTS, Executor, stream_chunks
 from clapjax.engine.checkpoint import RoundCheckpointer
 from clapjax.engine.data import (
-    BatchPlan, FederatedData, aligned_array, centralize, federated_data, make_plan, step_groups)
+    BatchPlan, FederatedData, aligned_array, centralize, federated_data, group_work, make_plan, step_groups)
 from clapjax.engine.federated import Engine, EngineState, RoundMetrics
 from clapjax.engine.local import Batch, ClientContext, ClientOutput, ClientState, client_fns, local_loss, run_steps
 from clapjax.engine.options import TrainOptions
@@ -14,7 +14,7 @@ from clapjax.engine.server import ServerState, aggregate, init_server, participa
 __all__ = [
     "TRACE_COUNTS", "aligned_array", "Batch", "BatchPlan", "ClientContext", "ClientOutput", "ClientState", "Engine",
     "EngineState", "Executor", "FederatedData", "RoundCheckpointer", "RoundMetrics", "ServerState",
-    "TrainOptions", "aggregate", "centralize", "client_fns", "federated_data", "init_server",
+    "TrainOptions", "aggregate", "centralize", "client_fns", "federated_data", "group_work", "init_server",
     "local_loss", "make_plan", "participant_weights", "run_steps", "score_segments",
     "server_optimizer", "step_groups", "stream_chunks",
 ]

@@ -300,26 +300,21 @@ class Executor:
         steps = plan.step_valid.sum(axis=1)
         if groups is None:
             groups = step_groups(steps, self.opts.vmap_groups)
-        outputs, order = [], []
+        outputs = []
         for idx in groups:
-            t = max(1, int(steps[idx].max()))
-            sub = tuple(a[idx, :t] for a in plan)
-            pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)  # noqa: E731
-            sp = pick(start_params) if self.stacked_start else start_params
+            sub = tuple(a[idx, : max(1, int(steps[idx].max()))] for a in plan)
             if idx.size == 1:
                 k = int(idx[0])
-                first = lambda tree: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
-                out = self._train_one(first(start_params) if self.stacked_start else start_params, rngs[k],
-                                      labels[k], first(controls), server_control, features_device,
-                                      *(a[0] for a in sub))
+                pick = lambda tree: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
+                fn, rng, lab, sub = self._train_one, rngs[k], labels[k], tuple(a[0] for a in sub)
             else:
-                out = self._train_all(sp, rngs[idx], labels[idx], pick(controls), server_control,
-                                      features_device, *sub)
-            outputs.append(out)
-            order.append(idx)
-        if len(outputs) == 1 and np.array_equal(order[0], np.arange(plan.rows.shape[0])):
+                pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)  # noqa: E731
+                fn, rng, lab = self._train_all, rngs[idx], labels[idx]
+            sp = pick(start_params) if self.stacked_start else start_params
+            outputs.append(fn(sp, rng, lab, pick(controls), server_control, features_device, *sub))
+        if len(groups) == 1 and np.array_equal(groups[0], np.arange(plan.rows.shape[0])):
             return outputs[0]
-        inverse = np.argsort(np.concatenate(order))
+        inverse = np.argsort(np.concatenate(groups))
         return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
 
     def _train_loop(self, start_params, rngs, labels, controls, server_control, plan,

@@ -279,6 +279,12 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
     return [np.sort(order[i:j]) for i, j in reversed(bounds)]
 
 
+def group_work(steps: np.ndarray, groups: Sequence[np.ndarray]) -> int:
+    """Steps computed when each group runs its largest step count (at least 1)."""
+    steps = np.asarray(steps, np.int64)
+    return int(sum(g.size * max(int(steps[g].max()), 1) for g in groups))
+
+
 def padded_rows(participants: Sequence[np.ndarray], num_rows: int, num_participants: int) -> tuple[np.ndarray, np.ndarray]:
     """``([K, num_rows] int32 rows, [K, num_rows] bool mask)`` of each participant's rows."""
     rows = np.zeros((num_participants, num_rows), np.int32)
