@@ -97,6 +97,23 @@ def render(report: dict) -> str:
                       + ("" if frac is None else f"; vmap training at K = 13 reaches {100 * frac:.1f}% of this "
                          "ceiling") + ".", ""]
 
+    va = report.get("variants")
+    if va:
+        lines += [f"**Step variants** (vmap, K = {va['K']}, {va['segments']:,} segments, batch {va['batch']}; "
+                  "both networks, each dropout PRNG and without dropout, steady rounds interleaved)", ""]
+        rows = [[r["network"], r["prng_impl"] if r["dropout"] else "— (no dropout)", _num(r["segments_per_s"]),
+                 f"{r['model_flops_per_s'] / 1e9:.1f}", f"{100 * r['fraction_of_peak']:.1f}%",
+                 _num(r["steady_round_s"]), _num(r["compile_s"])]
+                for r in va["results"]]
+        lines += _table(["network", "dropout PRNG", "segments/s", "model GFLOP/s", "of peak", "round s",
+                         "compile s"], rows) + [""]
+
+    vg = report["targets"].get("vmap_ge_loop", {})
+    if vg.get("paired_per_K"):
+        lines += ["vmap / loop per interleaved pair of steady rounds (median, min–max; the spread is this run's "
+                  "noise): " + "; ".join(f"K = {k}: {v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"
+                                          for k, v in vg["paired_per_K"].items()) + ".", ""]
+
     sc = report.get("scaling")
     if sc:
         lines += [f"**Scaling** (vmap, K = {sc['K']}; linear ratio = t(xm) / (m·t(x1)), 1 = linear)", ""]

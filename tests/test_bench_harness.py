@@ -32,7 +32,7 @@ def report(tmp_path_factory):
 
 def test_top_level_schema(report):
     for key in ("schema_version", "benchmark", "size", "date_utc", "machine", "load_average", "config",
-                "matmul_peak", "training_features", "training", "scaling", "ragged", "memory", "pseudolabels",
+                "matmul_peak", "training_features", "training", "variants", "scaling", "ragged", "memory", "pseudolabels",
                 "evaluation", "step_shape_ceiling",
                 "targets", "total_s"):
         assert key in report, key
@@ -64,6 +64,25 @@ def test_training_schema(report):
         _check_memory(r["memory"])
         # Throughput is derived from the steady round time, not measured independently.
         assert r["segments_per_s"] == pytest.approx(size.rows / r["steady_round_s"])
+
+
+def test_variants_schema(report):
+    va = report["variants"]
+    assert va["K"] == 13 and va["segments"] == bench.SIZES["tiny"].rows
+    got = [(r["network"], r["prng_impl"], r["dropout"]) for r in va["results"]]
+    assert got == list(bench.VARIANTS)
+    for r in va["results"]:
+        for key in ("first_round_s", "steady_round_s", "segments_per_s", "model_flops_per_s", "fraction_of_peak"):
+            assert _positive(r[key]), (key, r)
+        assert r["fraction_of_peak"] == pytest.approx(r["model_flops_per_s"] / report["matmul_peak"]["used_flops_per_s"])
+    t = report["targets"]["peak_fraction_K13"]
+    assert set(t["per_network"]) == {"paper", "reference"}
+    assert t["measured"] == min(t["per_network"].values())
+    assert set(t["best_prng_per_network"]) == {"paper", "reference"}
+    paired = report["targets"]["vmap_ge_loop"]["paired_per_K"]
+    assert set(paired) == {str(k) for k in bench.SIZES["tiny"].ks}
+    for v in paired.values():
+        assert v["min"] <= v["median"] <= v["max"]
 
 
 def test_scaling_pseudolabels_evaluation_schema(report):
@@ -98,8 +117,9 @@ def test_targets_schema(report):
     # Tiny size has K = 13 only (no K = 5, 50), so flat_in_K is not measured.
     assert t["flat_in_K"]["measured"] is None
     assert set(t["vmap_ge_loop"]["per_K"]) == {"13"}
-    vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
-    assert t["peak_fraction_K13"]["measured"] == vmap13["fraction_of_peak"]
+    # With the variants group, the peak fraction is the lower of the two networks (default PRNG, dropout on).
+    va = {r["network"]: r for r in report["variants"]["results"] if r["dropout"] and r["prng_impl"] == "rbg"}
+    assert t["peak_fraction_K13"]["measured"] == min(r["fraction_of_peak"] for r in va.values())
     assert t["vmap_ge_loop"]["met"] == all(v >= 1.0 for v in t["vmap_ge_loop"]["per_K"].values())
 
 

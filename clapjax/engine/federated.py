@@ -21,7 +21,7 @@ import numpy as np
 
 from clapjax import model as model_lib
 from clapjax import packed
-from clapjax.engine import backends, data as data_lib, server as server_lib
+from clapjax.engine import backends, data as data_lib, hostmem, server as server_lib
 from clapjax.engine.checkpoint import RoundCheckpointer
 from clapjax.engine.data import FederatedData
 from clapjax.engine.options import TrainOptions
@@ -213,6 +213,7 @@ class Engine:
     def run_round(self, state: EngineState) -> tuple[EngineState, RoundMetrics]:
         """Local training of every participant, PLR (if active), aggregation."""
         t0 = time.perf_counter()
+        traces = sum(backends.TRACE_COUNTS.values())
         opts, r = self.opts, int(state.round)
         plan = data_lib.make_plan(
             self.data.participants, opts.batch_size, opts.local_epochs, opts.shuffle, opts.seed, r,
@@ -247,6 +248,9 @@ class Engine:
         if not np.isfinite(loss).all():
             bad = [self.data.names[i] for i in np.flatnonzero(~np.isfinite(loss))]
             raise FloatingPointError(f"round {r}: non-finite training loss for participants {bad}")
+        if sum(backends.TRACE_COUNTS.values()) != traces:
+            # This round compiled: hand the compiler's freed heap back to the OS.
+            hostmem.release_freed_host_memory()
         metrics = RoundMetrics(r, loss, np.asarray(outputs.steps)[:k], self.upload_bytes(), plr, changed,
                                time.perf_counter() - t0)
         return new_state, metrics

@@ -4,6 +4,16 @@ Backends vmap (or loop over) these; nothing here knows about other participants.
 A step whose ``valid`` flag is False returns the previous state bit for bit
 (``jnp.where`` over the whole state: parameters, optimiser state, RNG, counters),
 which is how ragged participants share one scan length.
+
+The step differentiates only the data term (masked BCE) and adds the L2
+gradient ``l2·θ`` explicitly, with the floating-point operations autodiff
+performs (bit-identical parameters). The penalty's *value*, needed only for
+the reported loss, is carried in the state and computed from the updated
+parameters at the end of a step: a reduction over the old parameters in the
+middle of the step made XLA copy every parameter at the top of each scan
+iteration (one extra ``K × parameters`` buffer, and that many bytes copied per
+step). FedProx (``μ > 0``) still differentiates the whole objective, see
+``client_fns``.
 """
 
 from __future__ import annotations
@@ -28,6 +38,10 @@ class ClientState(NamedTuple):
       params: model parameters. opt_state: local optimiser state.
       rng: typed PRNG key (dropout). steps: ``[] int32`` valid steps taken.
       loss_sum: ``[] float32`` sum of the per-step training losses.
+      penalty: ``[] float32`` the regularisers' value at ``params`` (see
+        :func:`penalty`), carried so a step never re-reads the parameters
+        only to report the loss (not updated under FedProx, whose step
+        differentiates the whole objective).
     """
 
     params: Params
@@ -35,6 +49,7 @@ class ClientState(NamedTuple):
     rng: jax.Array
     steps: jax.Array
     loss_sum: jax.Array
+    penalty: jax.Array
 
 
 class ClientContext(NamedTuple):
@@ -82,22 +97,44 @@ def _sq_norm(tree) -> jax.Array:
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
 
+def data_loss(
+    params: Params, ctx: ClientContext, batch: Batch, masks: tuple[jax.Array, jax.Array] | None,
+    model_options: ModelOptions,
+) -> jax.Array:
+    """Masked BCE of one batch (``masks``: dropout keep-masks, None: no dropout)."""
+    labels = jnp.take(ctx.labels, batch.positions, axis=0, mode="clip")
+    return model_lib.bce_loss(params, batch.x, labels, batch.mask, model_options, masks=masks)
+
+
+def penalty(params: Params, anchor: Params, opts: TrainOptions) -> jax.Array:
+    """``l2/2·‖θ‖²`` (+ ``μ/2·‖θ − anchor‖²`` for FedProx); ``[]`` float32."""
+    out = jnp.zeros((), jnp.float32)
+    if opts.l2 > 0:
+        out = out + 0.5 * opts.l2 * _sq_norm(params)
+    if opts.aggregator == "fedprox" and opts.mu > 0:
+        out = out + 0.5 * opts.mu * _sq_norm(jax.tree.map(jnp.subtract, params, anchor))
+    return out
+
+
 def local_loss(
     params: Params, ctx: ClientContext, batch: Batch, masks: tuple[jax.Array, jax.Array] | None,
     model_options: ModelOptions, opts: TrainOptions,
 ) -> jax.Array:
     """Masked BCE + ``l2/2·‖θ‖²`` (+ ``μ/2·‖θ − anchor‖²`` for FedProx).
 
-    ``masks`` are the dropout keep-masks (None: no dropout).
+    The objective a step descends; ``masks`` are the dropout keep-masks
+    (None: no dropout).
     """
-    labels = jnp.take(ctx.labels, batch.positions, axis=0, mode="clip")
-    loss = model_lib.bce_loss(params, batch.x, labels, batch.mask, model_options, masks=masks)
-    if opts.l2 > 0:
-        loss = loss + 0.5 * opts.l2 * _sq_norm(params)
-    if opts.aggregator == "fedprox" and opts.mu > 0:
-        diff = jax.tree.map(jnp.subtract, params, ctx.anchor)
-        loss = loss + 0.5 * opts.mu * _sq_norm(diff)
-    return loss
+    return data_loss(params, ctx, batch, masks, model_options) + penalty(params, ctx.anchor, opts)
+
+
+def l2_grads(params: Params, grads: Params, opts: TrainOptions) -> Params:
+    """``grads + l2·θ``, rounded exactly as autodiff of ``l2/2·‖θ‖²`` rounds it."""
+    if opts.l2 <= 0:
+        return grads
+    # d/dθ (l2/2 · Σθ²) = θ · (l2/2 · 2): autodiff folds the constant, then adds the data term.
+    c = jnp.float32(0.5 * opts.l2) * 2
+    return jax.tree.map(lambda p, g: p * c + g, params, grads)
 
 
 class ClientFns(NamedTuple):
@@ -110,21 +147,33 @@ def client_fns(model_options: ModelOptions, opts: TrainOptions) -> ClientFns:
     """Builds the pure per-participant ``init``, ``step`` and ``final``."""
     tx = local_optimizer(opts)
     use_dropout = model_options.dropout_rate > 0
-    grad_fn = jax.value_and_grad(local_loss)
+    grad_fn = jax.value_and_grad(data_loss)
+    full_grad_fn = jax.value_and_grad(local_loss)
+    proximal = opts.aggregator == "fedprox" and opts.mu > 0
 
-    def init(params: Params, rng: jax.Array) -> ClientState:
-        return ClientState(params, tx.init(params), rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+    def init(params: Params, rng: jax.Array, anchor: Params | None = None) -> ClientState:
+        anchor = params if anchor is None else anchor
+        return ClientState(params, tx.init(params), rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+                           penalty(params, anchor, opts))
 
     def step(state: ClientState, ctx: ClientContext, batch: Batch) -> ClientState:
         rng, dropout_key = jax.random.split(state.rng)
         # Masks are drawn outside the differentiated function (integer work).
         masks = model_lib.dropout_masks(dropout_key, batch.x.shape[:-1], model_options) if use_dropout else None
-        loss, grads = grad_fn(state.params, ctx, batch, masks, model_options, opts)
+        if proximal:
+            # FedProx differentiates the whole objective: at some shapes XLA rounds the explicit
+            # proximal gradient differently, and earlier FedProx results must reproduce bit for bit.
+            loss, grads = full_grad_fn(state.params, ctx, batch, masks, model_options, opts)
+        else:
+            loss, grads = grad_fn(state.params, ctx, batch, masks, model_options)
+            loss = loss + state.penalty
+            grads = l2_grads(state.params, grads, opts)
         if opts.aggregator == "scaffold":
             grads = jax.tree.map(jnp.add, grads, ctx.correction)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss)
+        new_penalty = state.penalty if proximal else penalty(params, ctx.anchor, opts)
+        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss, new_penalty)
         # Padding steps must leave every bit of the state untouched.
         return jax.tree.map(lambda a, b: jnp.where(batch.valid, a, b), new, state)
 
