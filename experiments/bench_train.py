@@ -4,7 +4,8 @@ For each network (paper, reference), backend (vmap, loop, sharded) and number
 of participants K, a fixed total of segments is split evenly over K
 participants and full rounds are timed: the first round (compilation included)
 separately, then the median of the steady rounds, which are interleaved across
-backends so that they share the same (possibly noisy) machine load. Throughput is reported as
+backends (in an order rotating every round) so that they share the same
+(possibly noisy) machine load. Throughput is reported as
 segments/s and as model FLOP/s (matmul FLOPs of forward + backward, see
 ``clapjax.model.train_flops_per_row``) divided by this machine's float32
 matmul peak, measured in the same run with a large ``jnp.dot``.
@@ -134,7 +135,9 @@ def _round_memory_analysis(engine, state) -> dict | None:
 
 def bench_group(features, labels, k, network, backends, dropout, batch, prng_impl, rounds):
     """Times every backend on the same data; steady rounds are interleaved
-    (vmap, loop, sharded, vmap, …) so all backends see the same machine load."""
+    (vmap, loop, sharded, then loop, sharded, vmap, …: the order rotates every
+    round) so all backends see the same machine load and none always follows
+    the same other backend."""
     rows = features.shape[0]
     parts = np.array_split(np.arange(rows), k)
     data = federated_data(features, labels, parts)
@@ -151,8 +154,10 @@ def bench_group(features, labels, k, network, backends, dropout, batch, prng_imp
         states[backend], _ = engines[backend].run_round(engines[backend].init())
         jax.block_until_ready(states[backend].server.params)
         times[backend] = [time.perf_counter() - t]
-    for _ in range(rounds):
-        for backend in backends:
+    for i in range(rounds):
+        # Rotate the order every round: the round after another backend's (other thread
+        # pools, colder caches) is not always the same backend's.
+        for backend in backends[i % len(backends):] + backends[: i % len(backends)]:
             t = time.perf_counter()
             states[backend], _ = engines[backend].run_round(states[backend])
             jax.block_until_ready(states[backend].server.params)

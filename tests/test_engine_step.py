@@ -101,3 +101,19 @@ def test_round_does_not_copy_parameters_every_step(variant):
 
 def test_release_freed_host_memory_reports_a_bool():
     assert isinstance(hostmem.release_freed_host_memory(), bool)
+
+
+def test_engine_releases_host_memory_only_after_compiling_rounds(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hostmem, "release_freed_host_memory", lambda: calls.append(1) or True)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(90, 1, 6)).astype(np.float32)
+    labels = (rng.random(90) < 0.3).astype(np.float32)
+    # A configuration no other test compiles (hidden widths), so round 1 traces for sure.
+    engine = Engine(federated_data(feats, labels, [np.arange(40), np.arange(40, 90)]),
+                    ModelOptions(hidden=(7, 3)), TrainOptions(batch_size=16, plr_start_round=None))
+    state, _ = engine.run_round(engine.init())
+    assert len(calls) == 1
+    for _ in range(2):
+        state, _ = engine.run_round(state)
+    assert len(calls) == 1
