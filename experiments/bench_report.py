@@ -121,10 +121,11 @@ def render(report: dict) -> str:
                 for m, n, t, sps, r in zip(sc["multipliers"], sc["segments"], sc["steady_round_s"],
                                            sc["segments_per_s"], sc["linear_ratio"])]
         lines += _table(["segments", "total", "round s", "segments/s", "linear ratio"], rows)
-        if "k_ratio" in sc:
-            k = sc["k_ratio"]
-            lines += ["", f"Round time at K = {k['K_large']} / K = {k['K_small']} (same total segments, vmap): "
-                      f"{k['ratio']:.3f}."]
+        if "k_flat" in sc:
+            k = sc["k_flat"]
+            lines += ["", f"Round time at K = {k['K_large']} / K = {k['K_small']} (same {k['segments']:,} segments, "
+                      f"vmap, rounds interleaved with the sizes above): {k['ratio']:.3f} (per round: median "
+                      f"{k['paired']['median']:.3f}, {k['paired']['min']:.3f}–{k['paired']['max']:.3f})."]
         lines.append("")
 
     rg = report.get("ragged")

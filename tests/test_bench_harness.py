@@ -168,3 +168,26 @@ def test_report_rejects_other_json(tmp_path):
     path.write_text(json.dumps({"benchmark": "pseudolabels"}))
     with pytest.raises(SystemExit, match="not a python -m experiments.bench report"):
         bench_report.main([str(path)])
+
+
+def test_flat_in_k_is_measured_interleaved_in_the_scaling_group():
+    import dataclasses
+
+    import numpy as np
+
+    size = dataclasses.replace(bench.SIZES["tiny"], rows=400, dim=16, ks=(5, 50), rounds=2)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(400, 1, 16)).astype(np.float32)
+    labels = (rng.random(400) < 0.2).astype(np.float32)
+    sc = bench.scaling_group(feats, labels, size, "paper", 16, log=lambda m: None)
+    k = sc["k_flat"]
+    assert (k["K_small"], k["K_large"], k["segments"]) == (5, 50, 400)
+    assert [len(r) for r in k["steady_rounds_s"]] == [2, 2]
+    assert k["ratio"] == pytest.approx(k["steady_round_s"][1] / k["steady_round_s"][0])
+    assert k["paired"]["min"] <= k["paired"]["median"] <= k["paired"]["max"]
+    # 5 x 80 rows = 5 x 5 batches of 16; 50 x 8 rows = 50 masked batches of 16.
+    assert k["computed_rows"] == [400, 800]
+    t = bench.targets([], sc, "paper", 16)["flat_in_K"]
+    assert t["measured"] == k["ratio"] and t["computed_rows_ratio"] == 2.0
+    assert t["time_per_computed_row_ratio"] == pytest.approx(k["ratio"] / 2.0)
+    assert t["from_training_groups"] is None

@@ -53,9 +53,10 @@ class TrainOptions:
       prng_impl: dropout PRNG, "rbg" (default) or "threefry2x32". Both give
         every participant the same masks under vmap as alone. Measured on
         2-core CPU at K = 13 (``experiments.bench``, ``variants``): dropout
-        costs 6-9 % of a step with rbg, and threefry2x32 is 2-3 % faster
-        than rbg; rbg stays the default because changing it changes every
-        dropout mask, so every published result. ("unsafe_rbg" is not
+        costs 6-11 % of a step with rbg, and threefry2x32 was 0-4 % faster
+        (two runs; within the noise for the reference network). rbg stays
+        the default because changing it changes every dropout mask, so
+        every published result. ("unsafe_rbg" is not
         offered: its split/fold_in are not vmap-consistent, so backends
         would disagree.)
       seed: global seed (initial parameters, dropout keys, shuffling).
