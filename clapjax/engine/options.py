@@ -53,8 +53,8 @@ class TrainOptions:
       prng_impl: dropout PRNG, "rbg" (default) or "threefry2x32". Both give
         every participant the same masks under vmap as alone. Measured on
         2-core CPU at K = 13 (``experiments.bench``, ``variants``): dropout
-        costs 6-11 % of a step with rbg, and threefry2x32 was 0-4 % faster
-        (two runs; within the noise for the reference network). rbg stays
+        costs 6-11 % of a step with rbg, and threefry2x32 was between 1 %
+        slower and 4 % faster (three runs, both networks: noise). rbg stays
         the default because changing it changes every dropout mask, so
         every published result. ("unsafe_rbg" is not
         offered: its split/fold_in are not vmap-consistent, so backends
