@@ -313,41 +313,23 @@ def training_group(features: np.ndarray, labels: np.ndarray, size: Size, network
     return results
 
 
-def _computed_rows(parts: list[np.ndarray], batch: int) -> int:
-    """Rows the steps compute: each participant's last partial batch is masked, not dropped."""
-    return int(sum(-(-p.size // batch) for p in parts) * batch)
-
-
 def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network: str, batch: int, log) -> dict:
     """vmap round time at fixed K on x1, x2, x4 segments, and at K = 5 and K = 50
-    on all segments (flat in K); steady rounds interleaved across all of them,
-    in an order rotating every round, so every ratio shares the machine load."""
+    on all segments (flat in K), all in one ``bench_train.interleaved_rounds``
+    so every ratio shares the machine load."""
     total = features.shape[0]
     sizes = [total // 4, total // 2, total]
     configs = [(n, size.scaling_k) for n in sizes]
     flat_ks = (5, 50) if {5, 50} <= set(size.ks) else ()
     configs += [(total, k) for k in flat_ks]
     mo = ModelOptions.preset(network)
-    engines, states, times = [], [], []
     with RssSampler() as mem:
+        engines = []
         for n, k in configs:
-            parts = np.array_split(np.arange(n), k)
-            data = federated_data(features[:n], labels[:n], parts)
-            engine = Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
-                                                   plr_start_round=None))
-            t = time.perf_counter()
-            state, _ = engine.run_round(engine.init())
-            jax.block_until_ready(state.server.params)
-            engines.append(engine)
-            states.append(state)
-            times.append([time.perf_counter() - t])
-        order = list(range(len(engines)))
-        for r in range(size.rounds):
-            for i in order[r % len(order):] + order[: r % len(order)]:
-                t = time.perf_counter()
-                states[i], _ = engines[i].run_round(states[i])
-                jax.block_until_ready(states[i].server.params)
-                times[i].append(time.perf_counter() - t)
+            data = federated_data(features[:n], labels[:n], np.array_split(np.arange(n), k))
+            engines.append(Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
+                                                         plr_start_round=None)))
+        times = bench_train.interleaved_rounds(engines, size.rounds)
     steady = [statistics.median(ts[1:]) for ts in times]
     ratios = [steady[i] / (m * steady[0]) for i, m in enumerate((1, 2, 4))]
     log("scaling: " + ", ".join(f"{n} seg {s:.2f} s/round" for n, s in zip(sizes, steady)))
@@ -359,7 +341,7 @@ def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network:
     if flat_ks:
         small, large = times[3][1:], times[4][1:]
         pairs = [b / a for a, b in zip(small, large)]
-        rows = [_computed_rows(np.array_split(np.arange(total), k), batch) for k in flat_ks]
+        rows = [bench_train.computed_rows(np.array_split(np.arange(total), k), batch) for k in flat_ks]
         out["k_flat"] = {"K_small": flat_ks[0], "K_large": flat_ks[1], "segments": int(total),
                          "steady_rounds_s": [small, large], "steady_round_s": steady[3:],
                          "ratio": steady[4] / steady[3], "computed_rows": rows,
@@ -379,7 +361,7 @@ def _event13_fractions() -> np.ndarray:
 
 def ragged_group(features: np.ndarray, labels: np.ndarray, size: Size, network: str, batch: int, log) -> dict:
     """A ragged split (UCF event 13's proportions of ``rows``): vmap in one padded
-    call, vmap with step-count groups, and loop; steady rounds interleaved."""
+    call, vmap with step-count groups, and loop (``interleaved_rounds``)."""
     total = features.shape[0]
     bounds = np.round(np.cumsum(_event13_fractions()) * total).astype(np.int64)
     parts = [np.arange(lo, hi) for lo, hi in zip(np.concatenate([[0], bounds[:-1]]), bounds)]
@@ -387,21 +369,11 @@ def ragged_group(features: np.ndarray, labels: np.ndarray, size: Size, network: 
     mo = ModelOptions.preset(network)
     configs = {"vmap_one_call": dict(backend="vmap", vmap_groups=1), "vmap_grouped": dict(backend="vmap"),
                "loop": dict(backend="loop")}
-    engines, states, times = {}, {}, {}
     with RssSampler() as mem:
-        for name, kw in configs.items():
-            engines[name] = Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch,
-                                                          plr_start_round=None, **kw))
-            t = time.perf_counter()
-            states[name], _ = engines[name].run_round(engines[name].init())
-            jax.block_until_ready(states[name].server.params)
-            times[name] = [time.perf_counter() - t]
-        for _ in range(size.rounds):
-            for name, engine in engines.items():
-                t = time.perf_counter()
-                states[name], _ = engine.run_round(states[name])
-                jax.block_until_ready(states[name].server.params)
-                times[name].append(time.perf_counter() - t)
+        engines = {name: Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch,
+                                                       plr_start_round=None, **kw))
+                   for name, kw in configs.items()}
+        times = dict(zip(engines, bench_train.interleaved_rounds(list(engines.values()), size.rounds)))
     steps = np.array([-(-p.size // batch) for p in parts])
     results = {}
     for name, engine in engines.items():
@@ -425,29 +397,18 @@ VARIANTS = (("paper", "rbg", True), ("paper", "threefry2x32", True), ("paper", "
 
 
 def variants_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: int, log, k: int = 13) -> dict:
-    """vmap at K = ``k`` for both networks, each dropout PRNG and without dropout;
-    steady rounds interleaved across all variants (same machine load)."""
+    """vmap at K = ``k`` for both networks, each dropout PRNG and without dropout
+    (``bench_train.interleaved_rounds`` across all variants)."""
     parts = np.array_split(np.arange(features.shape[0]), k)
     data = federated_data(features, labels, parts)
-    engines, states, times = [], [], []
+    engines = []
     for network, prng, dropout in VARIANTS:
         mo = ModelOptions.preset(network)
         if not dropout:
             mo = dataclasses.replace(mo, dropout_rate=0.0)
-        engine = Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
-                                               plr_start_round=None, prng_impl=prng))
-        t = time.perf_counter()
-        state, _ = engine.run_round(engine.init())
-        jax.block_until_ready(state.server.params)
-        engines.append(engine)
-        states.append(state)
-        times.append([time.perf_counter() - t])
-    for _ in range(size.rounds):
-        for i, engine in enumerate(engines):
-            t = time.perf_counter()
-            states[i], _ = engine.run_round(states[i])
-            jax.block_until_ready(states[i].server.params)
-            times[i].append(time.perf_counter() - t)
+        engines.append(Engine(data, mo, TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
+                                                     plr_start_round=None, prng_impl=prng)))
+    times = bench_train.interleaved_rounds(engines, size.rounds)
     results = []
     for (network, prng, dropout), engine, ts in zip(VARIANTS, engines, times):
         steady = statistics.median(ts[1:])

@@ -133,11 +133,40 @@ def _round_memory_analysis(engine, state) -> dict | None:
             "argument_bytes": int(ma.argument_size_in_bytes)}
 
 
+def computed_rows(parts: list[np.ndarray], batch: int) -> int:
+    """Rows the steps compute: each participant's last partial batch is masked, not dropped."""
+    return int(sum(-(-p.size // batch) for p in parts) * batch)
+
+
+def interleaved_rounds(engines: list[Engine], rounds: int) -> list[list[float]]:
+    """Wall times of every engine's first round (compilation included), then of
+    ``rounds`` steady rounds interleaved across the engines, so that they share
+    the same (possibly noisy) machine load. The order rotates every round
+    (A, B, C, then B, C, A, …): no engine always runs right after the same
+    other one (other thread pools, colder caches).
+
+    Returns:
+      ``[len(engines)]`` lists of ``1 + rounds`` seconds, the first round first.
+    """
+    states, times = [], []
+    for engine in engines:
+        t = time.perf_counter()
+        state, _ = engine.run_round(engine.init())
+        jax.block_until_ready(state.server.params)
+        states.append(state)
+        times.append([time.perf_counter() - t])
+    order = list(range(len(engines)))
+    for r in range(rounds):
+        for i in order[r % len(order):] + order[: r % len(order)]:
+            t = time.perf_counter()
+            states[i], _ = engines[i].run_round(states[i])
+            jax.block_until_ready(states[i].server.params)
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
 def bench_group(features, labels, k, network, backends, dropout, batch, prng_impl, rounds):
-    """Times every backend on the same data; steady rounds are interleaved
-    (vmap, loop, sharded, then loop, sharded, vmap, …: the order rotates every
-    round) so all backends see the same machine load and none always follows
-    the same other backend."""
+    """Times every backend on the same data (``interleaved_rounds``)."""
     rows = features.shape[0]
     parts = np.array_split(np.arange(rows), k)
     data = federated_data(features, labels, parts)
@@ -145,23 +174,11 @@ def bench_group(features, labels, k, network, backends, dropout, batch, prng_imp
     if not dropout:
         mo = ModelOptions(attention=mo.attention, dropout_rate=0.0)
     flops = rows * features.shape[1] * model_lib.train_flops_per_row(mo, features.shape[2])
-    engines, states, times = {}, {}, {}
-    for backend in backends:
-        to = TrainOptions(rounds=rounds + 1, batch_size=batch, backend=backend, plr_start_round=None,
-                          prng_impl=prng_impl, chunk_steps=64)
-        engines[backend] = Engine(data, mo, to)
-        t = time.perf_counter()
-        states[backend], _ = engines[backend].run_round(engines[backend].init())
-        jax.block_until_ready(states[backend].server.params)
-        times[backend] = [time.perf_counter() - t]
-    for i in range(rounds):
-        # Rotate the order every round: the round after another backend's (other thread
-        # pools, colder caches) is not always the same backend's.
-        for backend in backends[i % len(backends):] + backends[: i % len(backends)]:
-            t = time.perf_counter()
-            states[backend], _ = engines[backend].run_round(states[backend])
-            jax.block_until_ready(states[backend].server.params)
-            times[backend].append(time.perf_counter() - t)
+    engines = [Engine(data, mo, TrainOptions(rounds=rounds + 1, batch_size=batch, backend=backend,
+                                             plr_start_round=None, prng_impl=prng_impl, chunk_steps=64))
+               for backend in backends]
+    times = dict(zip(backends, interleaved_rounds(engines, rounds)))
+    engines = dict(zip(backends, engines))
     out = []
     for backend in backends:
         ts = times[backend]
@@ -171,8 +188,7 @@ def bench_group(features, labels, k, network, backends, dropout, batch, prng_imp
             "first_round_s": ts[0], "compile_s": max(ts[0] - steady, 0.0), "steady_round_s": steady,
             "steady_rounds_s": ts[1:], "segments_per_s": rows / steady, "model_flops_per_s": flops / steady,
             "devices": engines[backend].executor.num_devices, "padded_K": engines[backend].num_padded,
-            # Rows the steps compute: each participant's last partial batch is masked, not dropped.
-            "computed_rows": int(sum(-(-p.size // batch) for p in parts) * batch),
+            "computed_rows": computed_rows(parts, batch),
         })
         print(json.dumps({kk: out[-1][kk] for kk in ("network", "backend", "K", "prng_impl", "dropout",
                                                    "segments_per_s", "steady_rounds_s")}),
