@@ -112,19 +112,23 @@ def memory_check(rows: int, dim: int, crops: int, k: int, batch: int, network: s
             "target": 1.25, "met": ratio <= 1.25}
 
 
-def _round_memory_analysis(engine, state) -> dict | None:
-    """XLA's byte counts of the compiled vmap round (temporaries, outputs), or None."""
+def compiled_vmap_round(engine, state):
+    """The compiled one-call vmapped local training of round 0 (all participants)."""
     from clapjax.engine import data as data_lib
 
-    ex = engine.executor
-    if ex.backend != "vmap":
-        return None
     plan = data_lib.make_plan(engine.data.participants, engine.opts.batch_size, engine.opts.local_epochs,
                               engine.opts.shuffle, engine.opts.seed, 0, engine.num_steps, engine.num_padded)
     rngs = engine._round_keys(state.rng, jnp.int32(0))
+    return engine.executor._train_all.lower(state.server.params, rngs, state.labels, state.client_controls,
+                                            state.server.control, engine._features(), *plan).compile()
+
+
+def _round_memory_analysis(engine, state) -> dict | None:
+    """XLA's byte counts of the compiled vmap round (temporaries, outputs), or None."""
+    if engine.executor.backend != "vmap":
+        return None
     try:
-        ma = ex._train_all.lower(state.server.params, rngs, state.labels, state.client_controls,
-                                 state.server.control, engine._features(), *plan).compile().memory_analysis()
+        ma = compiled_vmap_round(engine, state).memory_analysis()
     except Exception:  # noqa: BLE001 - not every runtime offers memory_analysis
         return None
     if ma is None:

@@ -11,8 +11,8 @@ import pytest
 
 from clapjax import model as M
 from clapjax.engine import Engine, TrainOptions, federated_data, hostmem, local
-from clapjax.engine import data as data_lib
 from clapjax.model import ModelOptions
+from experiments import bench_train
 
 
 def _batches(steps, b, d, seed=0):
@@ -81,12 +81,7 @@ def _compiled_round(opts, mo, d=256, k=13):
     feats = rng.normal(size=(rows, 1, d)).astype(np.float32)
     labels = (rng.random(rows) < 0.3).astype(np.float32)
     engine = Engine(federated_data(feats, labels, np.array_split(np.arange(rows), k)), mo, opts)
-    state = engine.init()
-    plan = data_lib.make_plan(engine.data.participants, opts.batch_size, 1, True, 0, 0, engine.num_steps,
-                              engine.num_padded)
-    rngs = engine._round_keys(state.rng, jnp.int32(0))
-    return engine.executor._train_all.lower(state.server.params, rngs, state.labels, state.client_controls,
-                                            state.server.control, engine._features(), *plan).compile()
+    return bench_train.compiled_vmap_round(engine, engine.init())
 
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])

@@ -151,10 +151,10 @@ def client_fns(model_options: ModelOptions, opts: TrainOptions) -> ClientFns:
     full_grad_fn = jax.value_and_grad(local_loss)
     proximal = opts.aggregator == "fedprox" and opts.mu > 0
 
-    def init(params: Params, rng: jax.Array, anchor: Params | None = None) -> ClientState:
-        anchor = params if anchor is None else anchor
+    def init(params: Params, rng: jax.Array) -> ClientState:
+        # A round starts at its anchor (the start parameters), so the proximal term is 0.
         return ClientState(params, tx.init(params), rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
-                           penalty(params, anchor, opts))
+                           penalty(params, params, opts))
 
     def step(state: ClientState, ctx: ClientContext, batch: Batch) -> ClientState:
         rng, dropout_key = jax.random.split(state.rng)

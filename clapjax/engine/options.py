@@ -53,12 +53,11 @@ class TrainOptions:
       prng_impl: dropout PRNG, "rbg" (default) or "threefry2x32". Both give
         every participant the same masks under vmap as alone. Measured on
         2-core CPU at K = 13 (``experiments.bench``, ``variants``): dropout
-        costs 6-11 % of a step with rbg, and threefry2x32 was between 1 %
-        slower and 4 % faster (three runs, both networks: noise). rbg stays
+        costs 1-11 % of a step with rbg, and threefry2x32 was between 1 %
+        slower and 4 % faster (four runs, both networks: noise). rbg stays
         the default because changing it changes every dropout mask, so
-        every published result. ("unsafe_rbg" is not
-        offered: its split/fold_in are not vmap-consistent, so backends
-        would disagree.)
+        every published result. ("unsafe_rbg" is not offered: its
+        split/fold_in are not vmap-consistent, so backends would disagree.)
       seed: global seed (initial parameters, dropout keys, shuffling).
       streaming: gather batches on the host from a (memory-mapped) feature
         array in chunks of ``chunk_steps`` with prefetching, instead of
