@@ -11,8 +11,11 @@ returns a :class:`ResolvedRun` (the split, the option objects, the workdir).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -33,7 +36,15 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 #: Synthetic data presets (clapjax.data.SyntheticConfig).
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
-PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots")
+PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug")
+#: Dotted config.json paths that may change on an existing run: more rounds
+#: continue from the last checkpoint (fewer than completed are refused).
+EXTENDABLE = ("run.rounds", "resolved.train.rounds")
+
+
+def _unset(metavar: str, meaning: str):
+    """Help of an optional flag: what leaving it unset means, instead of "(default: None)"."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {meaning})")
 
 PseudoLabelOverrides = option_groups.override_class(PseudoLabelOptions, "PseudoLabelOverrides")
 ModelOverrides = option_groups.override_class(ModelOptions, "ModelOverrides")
@@ -59,27 +70,29 @@ class RunConfig:
     """Dataset whose structure (videos, lengths, splits, test ground truth) is used."""
     split: Literal["random", "event", "scene"] = "random"
     """Participant split kind (official split files unless --split-file/--generate-split)."""
-    participants: Optional[int] = None
-    """Number of participants K (default: 5 random, 13 event, 11 scene)."""
+    participants: Annotated[Optional[int], _unset("INT", "5 random, 13 event, 11 scene")] = None
+    """Number of participants K."""
     setting: Literal["collaborative", "local", "centralized"] = "collaborative"
     """collaborative (FedAvg rounds), local (every participant alone), centralized (one holder)."""
     variant: Literal["paper", "reference"] = "paper"
     """Preset of every option: the paper's method or the released code's behaviour."""
     aggregator: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
     """Server aggregation (collaborative setting)."""
-    rounds: Optional[int] = None
-    """Communication rounds (default: the variant's, 10)."""
-    local_epochs: Optional[int] = None
-    """Local epochs per round (default: the variant's, 1)."""
-    features_dir: Optional[Path] = None
-    """Directory of real I3D features; synthetic features when absent."""
-    train_segment_labels: Optional[Path] = None
+    rounds: Annotated[Optional[int], _unset("INT", "10, from --variant")] = None
+    """Communication rounds. A finished or interrupted run can be extended: re-run it with a larger --rounds."""
+    local_epochs: Annotated[Optional[int], _unset("INT", "1, from --variant")] = None
+    """Local epochs per round."""
+    features_dir: Annotated[Optional[Path], _unset("PATH", "synthetic features")] = None
+    """Directory of real I3D features."""
+    train_segment_labels: Annotated[Optional[Path], _unset("PATH", "not logged")] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
+    nonfinite: Literal["error", "drop"] = "error"
+    """Real training features holding NaN/inf: stop with an error naming the video and file, or drop those segments (with a warning). Test features must be finite."""
     preset: Literal["default", "tiny"] = "default"
     """Synthetic data preset (synthetic features only; refused with --features-dir)."""
-    split_file: Optional[Path] = None
+    split_file: Annotated[Optional[Path], _unset("PATH", "the official split")] = None
     """A split JSON in the shipped format (any K)."""
-    videos_per_participant: Optional[int] = None
+    videos_per_participant: Annotated[Optional[int], _unset("INT", "all videos")] = None
     """Quick runs: each participant keeps only its first N anomalous and N normal videos (numbers meaningless)."""
     generate_split: bool = False
     """Generate a clean split from --seed instead of the official file (random: balanced; event: by class name; scene: official scenes)."""
@@ -93,8 +106,8 @@ class RunConfig:
     """Weak supervision: explicit participant indices given true video labels."""
     null_model: Literal["server_mixture", "local"] = "server_mixture"
     """Null model of SPL: the server mixture of all participants' Gaussians (CLAP) or each participant's own Gaussian (ablation without SKA)."""
-    workdir: Optional[Path] = None
-    """Run directory (default: runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>)."""
+    workdir: Annotated[Optional[Path], _unset("PATH", "runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>")] = None
+    """Run directory (locked while a run uses it)."""
     overwrite: bool = False
     """Replace an existing run directory of a different configuration."""
     quiet: bool = False
@@ -103,6 +116,8 @@ class RunConfig:
     """Print JSON lines only (round, stage and summary events) on stdout."""
     plots: bool = False
     """Write PNG plots into <workdir>/plots (needs matplotlib)."""
+    debug: bool = False
+    """Show the Python traceback of an error (otherwise one line: error: <file or video>: <problem> (<hint>))."""
     pl: Annotated[PseudoLabelOverrides, tyro.conf.arg(name="pl")] = PseudoLabelOverrides()
     model: ModelOverrides = ModelOverrides()
     train: TrainOverrides = TrainOverrides()
@@ -213,7 +228,7 @@ def load_split(config: RunConfig) -> tuple[splits_lib.Split, str]:
                 f"not {k}; use --participants {split.num_participants} (only random splits "
                 f"take any K)"
             )
-        return split, f"{kind}gen"
+        return split, f"{kind}-generated"
     if (kind, k) not in splits_lib.available()[ds]:
         raise ConfigError(
             f"no official {kind} split with {k} participants for {ds}. Valid for {ds}: "
@@ -255,6 +270,35 @@ def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     )
 
 
+#: Option classes -> their command-line group (top-level train fields are plain flags).
+_GROUPS = {"PseudoLabelOptions": "pl", "ModelOptions": "model", "TrainOptions": "train"}
+
+
+def _flag_names(message: str) -> str:
+    """``TrainOptions.lr must be ...`` -> ``--train.lr: must be ...`` (the flag a user types)."""
+    def flag(m: re.Match) -> str:
+        group, field = _GROUPS[m.group(1)], m.group(2)
+        dashed = field.replace("_", "-")
+        return f"--{dashed}" if group == "train" and field in TOP_LEVEL_TRAIN else f"--{group}.{dashed}"
+
+    out = re.sub(r"\b(PseudoLabelOptions|ModelOptions|TrainOptions)\.(\w+)(?:=(\S+?))?[;:]?(?=\s|$)",
+                 lambda m: flag(m) + (f" {m.group(3)}" if m.group(3) else "") + ":", message, count=1)
+    return out
+
+
+def _normalised_paths(config: RunConfig) -> RunConfig:
+    """Absolute, symlink-resolved paths, so a relative and an absolute spelling of one
+    folder are the same run (config.json records these)."""
+    changes = {}
+    for name in ("features_dir", "train_segment_labels", "split_file"):
+        value = getattr(config, name)
+        if value is not None:
+            changes[name] = Path(os.path.abspath(Path(value).expanduser()))
+            with contextlib.suppress(OSError):
+                changes[name] = changes[name].resolve()
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def validate(config: RunConfig) -> ResolvedRun:
     """Checks the configuration and resolves split, options and workdir.
 
@@ -269,9 +313,10 @@ def validate(config: RunConfig) -> ResolvedRun:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    config = _normalised_paths(config)
     if config.features_dir is not None:
         if not Path(config.features_dir).is_dir():
-            raise ConfigError(f"--features-dir {config.features_dir}: no such directory")
+            raise ConfigError(f"--features-dir {config.features_dir}: no such directory (check the path)")
         if config.preset != "default":
             raise ConfigError("--preset selects synthetic data; it cannot be combined with --features-dir")
     if config.train_segment_labels is not None:
@@ -279,7 +324,9 @@ def validate(config: RunConfig) -> ResolvedRun:
             raise ConfigError("--train-segment-labels applies to real features (--features-dir); "
                               "synthetic data know their labels")
         if not Path(config.train_segment_labels).is_dir():
-            raise ConfigError(f"--train-segment-labels {config.train_segment_labels}: no such directory")
+            raise ConfigError(f"--train-segment-labels {config.train_segment_labels}: no such directory (check the path)")
+    if config.nonfinite != "error" and config.features_dir is None:
+        raise ConfigError("--nonfinite drop applies to real features (--features-dir); synthetic features are finite")
     if config.preset not in PRESETS:
         raise ConfigError(f"--preset {config.preset!r}; valid: {', '.join(PRESETS)}")
     if config.setting != "collaborative" and config.aggregator != "fedavg":
@@ -299,7 +346,7 @@ def validate(config: RunConfig) -> ResolvedRun:
         from clapjax.data import shrink_split
 
         split = shrink_split(split, config.videos_per_participant)
-        label = f"{label}-{config.videos_per_participant}vpp"
+        label = f"{label}-{config.videos_per_participant}-videos-per-participant"
     k = split.num_participants
     weak = np.zeros(k, bool)
     if config.weak_labels and config.weak_participants:
@@ -326,7 +373,7 @@ def validate(config: RunConfig) -> ResolvedRun:
         train = option_groups.resolve(TrainOptions, config.variant, config.train, **fixed)
         train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size))
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"invalid option: {err}") from None
+        raise ConfigError(_flag_names(str(err))) from None
     if train.plr_start_round is not None and train.plr_start_round >= train.rounds:
         # Not an error: PLR simply never runs. Kept as is, visible in config.json.
         pass
