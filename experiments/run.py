@@ -227,13 +227,27 @@ def input_fingerprint(resolved: ResolvedRun, train_source, test_source) -> dict 
     return rundir_lib.data_fingerprint(files.items())
 
 
+#: Largest float32.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _overflowing_video(features: np.ndarray, lengths: Sequence[int], names: Sequence[str]):
     """``(name, max |value|)`` of the first video whose squared feature norms overflow
-    float32 (what the statistics and the scorer compute), or None."""
+    float32 (what the statistics and the scorer compute), or None.
+
+    One pass of ``min``/``max`` per video (no temporary copies); the exact
+    squared norms are computed only for videos whose largest value could overflow.
+    """
     start = 0
+    dim = int(np.prod(features.shape[2:])) if features.ndim > 2 else 1
     for name, m in zip(names, np.asarray(lengths, np.int64).tolist()):
-        block = np.asarray(features[start:start + m], np.float32)
+        block = features[start:start + m]
         start += m
+        if block.size == 0:
+            continue
+        biggest = max(abs(float(block.max())), abs(float(block.min())))
+        if biggest * biggest * dim < _F32_MAX:
+            continue
         with np.errstate(over="ignore", invalid="ignore"):
             sq = np.square(block).sum(axis=-1)
         if not np.isfinite(sq).all():
@@ -251,11 +265,33 @@ def _huge_values_error(source, features, lengths, names, what: str, err: Excepti
     name, biggest = found
     file = _video_file(source, name)
     where = f"video {name!r}" + (f" (file {file})" if file is not None else "")
+    cause = "" if err is None else f"; {type(err).__name__}: {' '.join(str(err).split())[:160]}"
     return DataError(
-        f"{where}: {what} feature values up to {biggest:.3g} overflow float32 when squared "
-        f"({type(err).__name__} in the {'statistics' if what == 'training' else 'scoring'}: "
-        f"{' '.join(str(err).split())[:160]}) (I3D features are of order 1: check or rescale this file)"
+        f"{where}: {what} feature values up to {biggest:.3g} overflow float32 when squared{cause} "
+        f"(I3D features are of order 1: check or rescale this file)"
     )
+
+
+@contextlib.contextmanager
+def _warnings_to(target):
+    """Python warnings raised inside (e.g. segments dropped by ``--nonfinite drop``)
+    become one-line warnings: ``target.warn(message)`` of a Reporter, or appended
+    to a list to be reported later. Each distinct message once."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text in seen:
+            continue
+        seen.add(text)
+        if isinstance(target, list):
+            target.append(text)
+        else:
+            target.warn(text)
 
 
 def _pseudo_labels_cached(rd, ts, rep):
@@ -299,8 +335,10 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     session = (time.perf_counter(), time.process_time())
     resolved = validate(config)
     config = resolved.config  # paths normalised
-    train_source, test_source = open_sources(resolved)
-    check_inputs(resolved, train_source, test_source)
+    caught: list[str] = []
+    with _warnings_to(caught):
+        train_source, test_source = open_sources(resolved)
+        check_inputs(resolved, train_source, test_source)
     fingerprint = input_fingerprint(resolved, train_source, test_source)
     record = {"format": rundir_lib.FORMAT_VERSION, **resolved.record(),
               "features": _features_description(resolved),
@@ -310,6 +348,8 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
                             fingerprint=fingerprint, allowed_changes=EXTENDABLE)
     mode = "json" if config.json else ("quiet" if config.quiet else "normal")
     rep = progress_lib.Reporter(mode, out, err)
+    for message in caught:
+        rep.warn(message)
     try:
         return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session)
     finally:
@@ -373,10 +413,19 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
-    ts = pipeline.load_training_set(train_source, resolved.split, rep,
-                                    segment_labels_dir=config.train_segment_labels)
+    with _warnings_to(rep):
+        ts = pipeline.load_training_set(train_source, resolved.split, rep,
+                                        segment_labels_dir=config.train_segment_labels)
     with rep.stage("reading test features"):
         test = pipeline.load_test_set(test_source)
+    # Values whose squares overflow float32 would surface later as a NaN deep in
+    # the statistics or as saturated test scores: name the video and file now.
+    for source, feats, lengths, names, what in (
+            (train_source, ts.features, ts.lengths, ts.video_names, "training"),
+            (test_source, test.features, test.lengths, test.names, "test")):
+        found = _huge_values_error(source, feats, lengths, names, what, None)
+        if found is not None:
+            raise found
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 

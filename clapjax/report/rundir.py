@@ -658,6 +658,10 @@ def _prepare_locked(path: Path, record: dict, overwrite: bool, fingerprint: Mapp
             view.lock = lock
             return view
         if not overwrite and view.holds_work():
+            if "unreadable" in existing:
+                raise RunDirError(
+                    f"{config_path}: not valid JSON ({existing['unreadable']}) (restore it, or re-run "
+                    f"with --overwrite to start again)")
             if differences:
                 shown = "; ".join(differences[:8])
                 more = f"; ... and {len(differences) - 8} more" if len(differences) > 8 else ""
