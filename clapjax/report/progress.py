@@ -126,7 +126,8 @@ class Reporter:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
                                    TextColumn, TimeElapsedColumn)
 
-        console = Console(file=self.err, highlight=False)
+        # Only started for a terminal (or when asked to): draw as on one.
+        console = Console(file=self.err, highlight=False, force_terminal=True)
         columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False)]
         if show_total:
             columns += [BarColumn(), MofNCompleteColumn()]
