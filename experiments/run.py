@@ -53,6 +53,10 @@ def open_sources(resolved: ResolvedRun):
 
     c = resolved.config
     if c.features_dir is not None:
+        if not any(f.endswith(".npy") for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
+            raise data.DataError(
+                f"{c.features_dir}: holds no .npy feature files (expected <video>.npy, <video>_i3d.npy "
+                f"or <video>__<crop>.npy files, in any subfolder)")
         return (data.open_source(c.dataset, "train", features_dir=c.features_dir, nonfinite=c.nonfinite),
                 data.open_source(c.dataset, "test", features_dir=c.features_dir))
     cfg = data.SyntheticConfig.preset(c.preset)

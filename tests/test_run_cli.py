@@ -23,8 +23,12 @@ def test_help_runs_as_a_module():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     for flag in ("--split", "--participants", "--setting", "--variant", "--aggregator",
-                 "--features-dir", "--weak-labels", "--pl.beta", "--train.lr", "--model.dropout-rate"):
+                 "--features-dir", "--weak-labels", "--pl.beta", "--train.lr", "--model.dropout-rate",
+                 "--nonfinite", "--debug"):
         assert flag in res.stdout
+    # Unset optional flags say what unset means, never "(default: None)".
+    assert "(default: None)" not in res.stdout and "{None}" not in res.stdout
+    assert "(default: 5 random, 13 event, 11 scene)" in res.stdout
 
 
 @pytest.mark.parametrize("argv, message", [
