@@ -614,20 +614,26 @@ class UsageError(ValueError):
 
 
 def _condense_usage(text: str) -> str:
-    """tyro's boxed error message as one line (its first section, without borders)."""
-    lines = []
+    """tyro's error message (boxed on a terminal, plain otherwise) as one line:
+    the section after the title, without borders, separators and help text."""
+    import re
+
+    before, body, started = [], [], False
     for raw in text.splitlines():
-        line = raw.strip().strip("╭╮╰╯│").strip()
-        bare = line.strip("─ ")
-        if not bare:
-            if lines and set(line) <= set("─ "):
-                break  # the box's first separator: the rest is help text
+        line = raw.strip().strip("╭╮╰╯│|").strip()
+        if not line:
             continue
-        lines.append(bare if line.startswith("─") else line)
-    if not lines:
-        return "invalid command line (see python -m experiments.run --help)"
-    body = " ".join(lines[1:]) or lines[0]  # the title ("Invalid choice") repeats the body
-    return f"{body} (see python -m experiments.run --help)"
+        if re.fullmatch(r"[-─━]+", line.replace(" ", "")):  # a separator
+            if body:
+                break  # the rest is help text
+            started = True
+            continue
+        if re.match(r"^(─+|━+|-{2,})\s*\S", line):  # a top border holding the title
+            started = True
+            continue
+        (body if started else before).append(line)
+    words = " ".join(body or before).split(" Got errors:")[0]  # tyro's per-type attempts
+    return f"{words or 'invalid command line'} (see python -m experiments.run --help)"
 
 
 def parse(argv: Sequence[str] | None = None, *, one_line_errors: bool = False) -> RunConfig:

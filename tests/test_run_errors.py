@@ -449,6 +449,7 @@ def test_every_failure_is_one_line_with_status_2(c, tmp_path, capsys, monkeypatc
     assert status == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "---" not in lines[0] and "─" not in lines[0] and "Traceback" not in lines[0]
     for text in c.expect:
         assert _expected(ctx, text) in lines[0], (text, lines[0])
     if not c.leaves_workdir:
