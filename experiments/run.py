@@ -7,7 +7,13 @@ Example (the paper's event split, 13 participants, synthetic features)::
 Stages: data → statistics → VPL → null model → server mixture → SPL →
 rounds (+PLR) → evaluation (see :mod:`clapjax.pipeline`). Every round appends
 one line to ``<workdir>/metrics.jsonl`` and checkpoints the engine state, so
-re-running the same command resumes; ``--help`` lists every option.
+re-running the same command resumes (a larger ``--rounds`` extends a finished
+run); ``--help`` lists every option.
+
+Inputs are validated before the run directory is created; the directory is
+locked while the run uses it (:mod:`clapjax.report.rundir`). :func:`cli` turns
+every user-facing error into one line ``error: <file, video or option>:
+<problem> (<hint>)`` with exit status 2 (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
