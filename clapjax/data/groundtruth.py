@@ -190,7 +190,8 @@ def compare_ground_truth(
     A frame may differ within :data:`BOUNDARY_TOLERANCE` frames of an
     annotated interval's start or end (ground truth files built with another
     convention, or at segment resolution, differ there); any other differing
-    frame makes the video disagree.
+    frame makes the video disagree, and so does a video that is anomalous in
+    one and normal in the other (however short its interval).
 
     Args:
       labels: ``[F]`` the user's frame labels (list order).
@@ -220,7 +221,7 @@ def compare_ground_truth(
             stop = e + 1 if convention == "inclusive" else e
             for edge in (s, stop):
                 allowed[max(0, edge - BOUNDARY_TOLERANCE) : max(0, edge + BOUNDARY_TOLERANCE)] = True
-        if not (diff & ~allowed).any():
+        if not (diff & ~allowed).any() and ref.any() == user.any():
             continue
         ann = _fmt_intervals(intervals[i], convention)
         if ref.any() and not user.any():
