@@ -278,6 +278,10 @@ def frame_metrics(
         owner = np.repeat(np.arange(seg_frames.size), seg_frames)
         pos = np.bincount(owner, weights=gt.astype(np.float64), minlength=seg_frames.size)
     neg = seg_frames.astype(np.float64) - pos
+    if counts is not None:
+        # A segment covering no frame is no threshold of the frame-level curves.
+        keep = seg_frames > 0
+        seg, pos, neg = seg[keep], pos[keep], neg[keep]
     tps, fps = _curve(seg, pos, neg)
     return {
         "auc": _roc_auc(tps, fps),

@@ -59,7 +59,8 @@ class VideoTable:
     """One part (train or test) of a dataset, one row per video, in list order.
 
     Attributes:
-      dataset: ``"ucf"`` or ``"xd"``.
+      dataset: ``"ucf"`` or ``"xd"`` (or a custom dataset's name, see
+        :func:`clapjax.data.custom_dataset`).
       part: ``"train"`` or ``"test"``.
       names: ``[N]`` video names.
       classes: ``[N]`` event class (UCF) or label code (XD, ``"A"`` = normal).

@@ -346,7 +346,8 @@ def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     a custom dataset is named ``custom-<features folder>``)."""
     ds = config.dataset
     if ds == "custom" and config.features_dir is not None:
-        ds = f"custom-{Path(config.features_dir).resolve().name}"
+        folder = Path(config.features_dir)
+        ds = f"custom-{folder.name or folder.resolve().name}"
     return Path("runs") / (
         f"{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
     )
@@ -386,6 +387,10 @@ def _check_data_flags(config: RunConfig) -> None:
             hint = (" (ucf/xd annotations ship with the repository; --ground-truth FILE gives your "
                     "own frame ground truth)" if flag == "annotations" else "")
             raise ConfigError(f"--{flag.replace('_', '-')} applies to --dataset custom{hint}")
+    if config.train_list is not None and not _is_feature_list(config.train_list):
+        raise ConfigError(f"--train-list {config.train_list}: for {config.dataset} it lists feature files "
+                          "(.npy/.txt paths, or path,start,end rows); the training videos come from "
+                          "the split (--split-file to choose them)")
     if config.train_array is not None and not _is_feature_list(config.train_list):
         raise ConfigError("--train-array needs --train-list LIST of path,start,end rows (the released CLAP code's list)")
     if config.test_array is not None and not _is_feature_list(config.test_list):

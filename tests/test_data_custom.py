@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.io
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clapjax import data, splits
 from clapjax.data import DataError, custom_dataset, frame_ground_truth, read_manifest, read_video_list
@@ -215,12 +217,17 @@ def test_custom_splits(tmp_path):
     assert ev.participant_names == ("Fighting", "Theft")
 
 
-def test_frame_metrics_with_segment_frames_equals_frame_level():
-    rng = np.random.default_rng(0)
-    lengths = np.array([5, 32, 3])
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), lengths=st.lists(st.integers(1, 40), min_size=1, max_size=5),
+       ties=st.booleans())
+def test_frame_metrics_with_segment_frames_equals_frame_level(seed, lengths, ties):
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths)
     counts = rng.integers(0, 40, lengths.sum())
-    scores = rng.random(lengths.sum())
+    counts[0] = 20  # at least some frames
+    scores = rng.integers(0, 4, lengths.sum()).astype(float) if ties else rng.random(lengths.sum())
     gt = (rng.random(int(counts.sum())) < 0.3).astype(np.uint8)
+    gt[0], gt[1] = 0, 1  # both classes
     got = frame_metrics(scores, lengths, gt, segment_frames=counts)
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
