@@ -137,3 +137,45 @@ def test_real_c3d_custom_run(tmp_path):
     config = json.loads((wd / "config.json").read_text())
     assert config["resolved"]["dataset"]["test"]["compressed_videos"] == 10
     assert config["resolved"]["dataset"]["feature_dim"] == 4096
+
+
+def test_feature_lists_and_concatenated_arrays_from_the_command_line(tmp_path):
+    """--train-list/--test-list as RTFM .list files, and CLAP's path,start,end lists
+    with one concatenated array per part: the sources a run opens read the same rows."""
+    args, used = _ucf_files(tmp_path)
+    feats = tmp_path / "feats"
+    ref_train, ref_test = run.open_sources(validate(run.parse(args)))
+    # RTFM-style lists with the authors' absolute paths (looked up under --features-dir).
+    (tmp_path / "train.list").write_text("".join(f"/home/a/UCF/{UCF_TRAIN.names[i]}.npy\n" for i in used))
+    (tmp_path / "test.list").write_text("".join(f"/home/a/UCF/{UCF_TEST.names[i]}_i3d.npy\n" for i in TEST_ROWS))
+    listed = SMALL + ["--features-dir", str(feats), "--train-list", str(tmp_path / "train.list"),
+                      "--test-list", str(tmp_path / "test.list")]
+    train, test = run.open_sources(validate(run.parse(listed)))
+    for a, b in ((train, ref_train), (test, ref_test)):
+        assert a.names == b.names
+        for i in range(len(a.names)):
+            np.testing.assert_array_equal(a.read(i), b.read(i))
+    # One concatenated array per part + the released code's path,start,end lists.
+    for part, src, in (("train", ref_train), ("test", ref_test)):
+        rows, lines, start = [], [], 0
+        for i, name in enumerate(src.names):
+            x = src.read(i)[:, 0]
+            rows.append(x)
+            lines.append(f"/data/{name}.npy,{start},{start + len(x)}")
+            start += len(x)
+        np.save(tmp_path / f"concat_{part}.npy", np.concatenate(rows))
+        (tmp_path / f"{part}_ranges.txt").write_text("\n".join(lines) + "\n")
+    concat = SMALL + ["--train-array", str(tmp_path / "concat_train.npy"),
+                      "--train-list", str(tmp_path / "train_ranges.txt"),
+                      "--test-array", str(tmp_path / "concat_test.npy"),
+                      "--test-list", str(tmp_path / "test_ranges.txt")]
+    resolved = validate(run.parse(concat))
+    assert not resolved.synthetic
+    train, test = run.open_sources(resolved)
+    for a, b in ((train, ref_train), (test, ref_test)):
+        assert a.names == b.names
+        for i in range(len(a.names)):
+            np.testing.assert_array_equal(a.read(i), b.read(i))
+    with pytest.raises(ConfigError, match="--train-array needs --train-list"):
+        validate(run.parse(SMALL + ["--train-array", str(tmp_path / "concat_train.npy"),
+                                    "--features-dir", str(feats)]))

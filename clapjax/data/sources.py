@@ -359,6 +359,7 @@ def read_list_file(
     crops: dict[str, dict[int, Path]] = {}
     whole: dict[str, Path] = {}
     order: list[str] = []
+    index: dict[str, list[Path]] | None = None
     for line_no, line in _list_lines(list_file):
         if _RANGE_LINE.match(line):
             raise DataError(
@@ -371,7 +372,15 @@ def read_list_file(
         if not path.is_absolute():
             path = base / path
         if not path.exists() and features_dir is not None:
-            path = Path(features_dir) / Path(token).name
+            # The authors' path: find the file by name under features_dir (any subfolder).
+            index = _index_dir(Path(features_dir)) if index is None else index
+            hits = index.get(Path(token).name, [])
+            if len(hits) > 1:
+                raise DataError(
+                    f"{list_file} line {line_no}: {len(hits)} files named {Path(token).name} under "
+                    f"{features_dir} ({hits[0]}, {hits[1]}, ...); keep one"
+                )
+            path = hits[0] if hits else Path(features_dir) / Path(token).name
         if path.suffix not in (".npy", ".txt"):
             raise DataError(f"{list_file} line {line_no}: {token!r} is not an .npy or .txt feature file")
         stem = path.name[: -len(path.suffix)]
