@@ -369,10 +369,17 @@ class CustomDataset:
 
 
 def _manifest_of(folder: Path | None) -> dict[str, ManifestEntry]:
+    """Every ``manifest.json`` under ``folder`` (several extraction runs), merged."""
     if folder is None:
         return {}
-    path = folder / MANIFEST
-    return read_manifest(path) if path.is_file() else {}
+    out: dict[str, ManifestEntry] = {}
+    where: dict[str, Path] = {}
+    for path in sorted(folder.rglob(MANIFEST)):
+        for name, entry in read_manifest(path).items():
+            if name in out and out[name] != entry:
+                raise DataError(f"video {name!r}: {where[name]} and {path} record different extractions")
+            out[name], where[name] = entry, path
+    return out
 
 
 def _frames_known(name: str, manifest: dict[str, ManifestEntry], ann: VideoAnnotation | None,
@@ -451,8 +458,9 @@ def _segment_counts(names, lengths, frames, files, mode: str, part: str,
 
 def _open(names, files, part, crops, layout, nonfinite, manifest, dataset):
     expected = None
-    if manifest and all(n in manifest and manifest[n].segments is not None for n in names):
-        expected = np.asarray([manifest[n].segments for n in names], np.int64)
+    if manifest:  # -1: unknown (resolve_layout skips such videos)
+        expected = np.asarray([manifest[n].segments if n in manifest and manifest[n].segments
+                               is not None else -1 for n in names], np.int64)
     return NpyFilesSource(
         files, names, dataset, part, table_index=np.arange(len(names)), crops=crops,
         nonfinite=nonfinite, layout=layout, expected_lengths=expected,
@@ -479,8 +487,8 @@ def custom_dataset(
 
     Args:
       features_dir: folder of feature files (any layout of
-        :func:`scan_features`), searched recursively; a ``manifest.json`` of
-        the extractor there gives each video's frame count.
+        :func:`scan_features`), searched recursively; the extractor's
+        ``manifest.json`` files there give each video's frame count.
       annotations: one or several annotation files
         (:func:`clapjax.data.read_annotations`); they must cover every test video.
       train_list, test_list: video lists (:func:`read_video_list`).
@@ -608,8 +616,11 @@ def custom_dataset(
         notes.append(
             f"{len(by_train)} of {len(train_names)} training videos are annotated; training labels "
             "are treated as unknown (no VPL accuracy, no weak supervision)")
-    train_frames = [_frames_known(n, manifest, by_train.get(n), int(m), all_feats[n][0])
-                    for n, m in zip(train_names, train.lengths)]
+    # nonfinite="drop" shortens videos, so rows no longer map to the video's frames:
+    # their frame counts are then treated as unknown (no true segment labels).
+    train_frames = ([None] * len(train_names) if nonfinite == "drop" else
+                    [_frames_known(n, manifest, by_train.get(n), int(m), all_feats[n][0])
+                     for n, m in zip(train_names, train.lengths)])
     train_counts, train_comp = _segment_counts(
         train_names, train.lengths, train_frames, [all_feats[n][0] for n in train_names],
         segment_frames, "train", require_frames=False, compressed_counts=frozenset(compressed))
