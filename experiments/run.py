@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -221,8 +222,11 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     train_source, test_source = open_sources(resolved)
     ts = pipeline.load_training_set(train_source, resolved.split, rep,
                                     segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"):
+    with rep.stage("reading test features"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
+    for w in caught:  # ground-truth notes (unevaluated intervals, --ground-truth-check warn)
+        rep.warn(str(w.message))
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 

@@ -70,16 +70,18 @@ def test_user_ground_truth_refused_before_training(tmp_path, capsys):
     assert not (wd / "metrics.jsonl").exists()
 
 
-def test_custom_dataset_from_the_command_line(tmp_path):
+def test_custom_dataset_from_the_command_line(tmp_path, capsys):
     feats = _extracted(tmp_path / "feats")
     ann = _annotations(tmp_path / "ann.txt")
     wd = tmp_path / "wd"
     args = ["--dataset", "custom", "--features-dir", str(feats), "--annotations", str(ann),
-            "--transductive", "--participants", "2", "--rounds", "1", "--quiet", "--workdir", str(wd)]
+            "--transductive", "--participants", "2", "--rounds", "1", "--workdir", str(wd)]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the interval in cam2_0001's dropped frames
-        summary = run.main(args)
+        warnings.simplefilter("error")  # data notes go through the run's reporter
+        summary = run.main(args + ["--json"])
     assert summary["complete"] and summary["dataset"] == "custom"
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any(e["event"] == "warning" and "cam2_0001" in e["message"] for e in events)
     # Unannotated training videos: CLAP runs, label quality is unknown (not invented).
     assert summary["pseudo_labels"]["vpl_accuracy"] is None
     config = json.loads((wd / "config.json").read_text())

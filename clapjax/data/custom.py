@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -606,8 +607,10 @@ def custom_dataset(
                              test_counts, ann, labels_known=True, frame_truth=True)
     from clapjax.data.groundtruth import video_frame_labels
 
-    for t in range(len(test_table)):  # every interval checked against its video now
-        video_frame_labels(test_table, t)
+    with warnings.catch_warnings():  # errors now; notes once, when the ground truth is built
+        warnings.simplefilter("ignore", UserWarning)
+        for t in range(len(test_table)):  # every interval checked against its video
+            video_frame_labels(test_table, t)
 
     # -- train table
     by_train = ann.resolve(train_names)
