@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,32 +49,70 @@ class RunHooks:
 
 def _features_description(resolved: ResolvedRun) -> str:
     c = resolved.config
-    if c.features_dir is not None:
-        return f"real features from {c.features_dir}"
+    if c.dataset == "custom":
+        test = f", test features from {c.test_features_dir}" if c.test_features_dir else ""
+        return f"custom dataset: real features from {c.features_dir}{test}"
+    if not resolved.synthetic:
+        origin = c.features_dir or c.train_array or c.train_list
+        return f"real features from {origin}"
     return f"synthetic features (preset {c.preset})"
 
 
 def open_sources(resolved: ResolvedRun):
-    """Train and test feature sources of the configuration."""
+    """Train and test feature sources of the configuration, checked against each other.
+
+    Only the files of the videos the run uses are opened: the training videos
+    of the (possibly shrunk) split, and the test videos (``--test-list``).
+    """
     from clapjax import data
 
     c = resolved.config
-    if c.features_dir is not None:
-        if not any(f.endswith(".npy") for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
-            raise data.DataError(
-                f"{c.features_dir}: holds no .npy feature files (expected <video>.npy, <video>_i3d.npy "
-                f"or <video>__<crop>.npy files, in any subfolder)")
-        return (data.open_source(c.dataset, "train", features_dir=c.features_dir, nonfinite=c.nonfinite),
-                data.open_source(c.dataset, "test", features_dir=c.features_dir))
-    cfg = data.SyntheticConfig.preset(c.preset)
-    return (data.open_source(c.dataset, "train", synthetic=cfg),
-            data.open_source(c.dataset, "test", synthetic=cfg))
+    if resolved.custom is not None:
+        return resolved.custom.train, resolved.custom.test
+    used = np.unique(np.concatenate([np.asarray(p, np.int64) for p in resolved.split.participants]))
+    test_videos = None if c.test_list is None else data.read_video_list(c.test_list)
+    if resolved.synthetic:
+        cfg = data.SyntheticConfig.preset(c.preset)
+        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used),
+                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos))
+    layout = c.feature_layout.replace("-", "_")
+
+    def origin(array, listing) -> dict:
+        if array is not None:
+            return dict(concatenated=array, ranges=listing)
+        from experiments.config import _is_feature_list
+
+        if _is_feature_list(listing):
+            return dict(features_dir=c.features_dir, list_file=listing, layout=layout)
+        return dict(features_dir=c.features_dir, layout=layout)
+
+    if c.features_dir is not None and c.train_list is None and c.train_array is None and not any(
+            f.endswith((".npy", ".txt")) for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
+        raise data.DataError(
+            f"{c.features_dir}: holds no feature files (expected <video>.npy, <video>_i3d.npy, "
+            f"<video>__<crop>.npy or Sultani <video>.txt files, in any subfolder)")
+    train = data.open_source(c.dataset, "train", videos=used, nonfinite=c.nonfinite,
+                             **origin(c.train_array, c.train_list))
+    test = data.open_source(c.dataset, "test", videos=test_videos, **origin(c.test_array, c.test_list))
+    data.check_compatible(train, test)
+    return train, test
 
 
 def pseudo_label_report(ts, pl) -> dict[str, Any]:
     """Quality of VPL and SPL against the truth (``pseudo_labels.json``)."""
     from clapjax.report import quality
 
+    if ts.true_video_labels is None:  # a custom dataset with unlabelled training videos
+        unknown = {"accuracy": None, "per_participant": [None] * ts.num_participants}
+        return {
+            "vpl": unknown, "video_labels_used": unknown,
+            "pseudo_anomalous_videos": [int(pl.video_labels[a:b].sum()) for a, b in ts.video_ranges],
+            "true_anomalous_videos": None,
+            "vpl_notes": list(pl.notes),
+            "null": {"mean": pl.null_means, "var": pl.null_vars, "count": pl.null_counts},
+            "participants": list(ts.participant_names),
+            "spl": None, "spl_note": "training labels unknown",
+        }
     out: dict[str, Any] = {
         "vpl": quality.participant_video_accuracy(pl.vpl, ts.true_video_labels, ts.video_ranges),
         "video_labels_used": quality.participant_video_accuracy(
@@ -193,8 +232,10 @@ def check_inputs(resolved: ResolvedRun, train_source, test_source) -> None:
     from clapjax import data, pipeline
 
     positions = _train_positions(resolved, train_source)
-    data.frame_ground_truth(test_source)
     c = resolved.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes are reported when the test set is read
+        data.frame_ground_truth(test_source, c.ground_truth, check=c.ground_truth_check)
     if c.train_segment_labels is not None:
         pipeline.read_segment_labels(c.train_segment_labels,
                                      [train_source.names[int(i)] for i in positions],
@@ -203,38 +244,50 @@ def check_inputs(resolved: ResolvedRun, train_source, test_source) -> None:
 
 def input_fingerprint(resolved: ResolvedRun, train_source, test_source) -> dict | None:
     """:func:`clapjax.report.rundir.data_fingerprint` of the files the run reads
-    (the split's training videos, every test video, true segment labels, the
-    split file); None for synthetic features (fixed by the code)."""
+    (the split's training videos, every test video, feature lists and arrays,
+    annotations, ground truth, true segment labels, the split file); None for
+    synthetic features (fixed by the code)."""
     from clapjax.report import rundir as rundir_lib
 
     c = resolved.config
-    if c.features_dir is None:
+    if resolved.synthetic:
         return None
-    root = Path(c.features_dir)
+    root = Path(c.features_dir) if c.features_dir is not None else None
     train_files = getattr(train_source, "files", None)
     if train_files is not None:
         paths = [Path(p) for i in _train_positions(resolved, train_source) for p in train_files[int(i)]]
     else:
         paths = _source_files(train_source)
     test_paths = _source_files(test_source)
-    if paths is None or test_paths is None:  # an unknown layout: everything under the folder
-        paths = [Path(d) / f for d, _, fs in os.walk(root, followlinks=True) for f in fs]
-        test_paths = []
-    files = {}
-    for p in [*paths, *test_paths]:
-        try:
-            name = str(p.relative_to(root))
-        except ValueError:
-            name = str(p)
-        files[name] = p
-    if c.train_segment_labels is not None:
-        seg = Path(c.train_segment_labels)
-        for d, _, fs in os.walk(seg, followlinks=True):
-            for f in fs:
-                files[f"<segment labels>/{Path(d, f).relative_to(seg)}"] = Path(d) / f
-    if c.split_file is not None:
-        files["<split file>"] = Path(c.split_file)
+    if (paths is None or test_paths is None) and root is not None:  # unknown layout: the whole folder
+        paths, test_paths = _walk(root), []
+    files: dict[str, Path] = {}
+
+    def add(path: Path, label: str | None = None) -> None:
+        if label is None and root is not None:
+            with contextlib.suppress(ValueError):
+                label = str(path.relative_to(root))
+        files[label or str(path)] = path
+
+    for p in [*(paths or []), *(test_paths or [])]:
+        add(p)
+    for flag in ("train_list", "test_list", "split_file"):
+        value = getattr(c, flag)
+        if value is not None:
+            add(Path(value), f"<{flag.replace('_', '-')}> {Path(value).name}")
+    for value in c.annotations:
+        add(Path(value), f"<annotations> {Path(value).name}")
+    for flag in ("ground_truth", "train_segment_labels"):
+        value = getattr(c, flag)
+        if value is not None:
+            value = Path(value)
+            for p in (_walk(value) if value.is_dir() else [value]):
+                add(p, f"<{flag.replace('_', '-')}> {p.relative_to(value) if value.is_dir() else p.name}")
     return rundir_lib.data_fingerprint(files.items())
+
+
+def _walk(folder: Path) -> list[Path]:
+    return [Path(d) / f for d, _, fs in os.walk(folder, followlinks=True) for f in fs]
 
 
 #: Largest float32.
@@ -420,14 +473,20 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
                  extended_from=extension[0], rounds=extension[1])
     if resolved.synthetic:
         rep.info("note: synthetic features; numbers are not comparable to the paper's I3D results")
+    for note in (resolved.custom.notes if resolved.custom is not None else ()):
+        rep.info(f"note: {note}")
+    if config.dataset != "custom" and config.test_list is not None:
+        rep.info(f"note: test videos from {config.test_list}; numbers on a test subset are not "
+                 "comparable to the paper's")
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
     with _warnings_to(rep):
         ts = pipeline.load_training_set(train_source, resolved.split, rep,
                                         segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"):
-        test = pipeline.load_test_set(test_source)
+    with rep.stage("reading test features"), _warnings_to(rep):
+        # ground-truth notes (unevaluated intervals, --ground-truth-check warn) become warnings
+        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
     # Values whose squares overflow float32 would surface later as a NaN deep in
     # the statistics or as saturated test scores: name the video and file now.
     for source, feats, lengths, names, what in (
@@ -598,9 +657,9 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
     }
 
 
-def _by_name(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
-    """Per-participant values keyed by participant name (summary.json)."""
-    return {str(n): v for n, v in zip(names, values)}
+def _by_name(names: Sequence[str], values: Sequence[Any] | None) -> dict[str, Any] | None:
+    """Per-participant values keyed by participant name (summary.json); None stays None."""
+    return None if values is None else {str(n): v for n, v in zip(names, values)}
 
 
 def _final_line(summary: dict, path: Path) -> str:
