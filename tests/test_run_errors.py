@@ -211,7 +211,7 @@ def _real(ctx, folder, *extra):
     return REAL + ["--features-dir", str(folder), *extra]
 
 
-@case("features-dir-empty", "empty", "holds no .npy feature files")
+@case("features-dir-empty", "empty", "holds no feature files")
 def _(ctx):
     (ctx.tmp / "empty").mkdir()
     return _real(ctx, ctx.tmp / "empty")
