@@ -104,7 +104,7 @@ def test_scenes():
 
 def _anomaly_norm_change(no_rise_fraction):
     cfg = dataclasses.replace(SMALL, no_rise_fraction=no_rise_fraction, crops=1)
-    base = open_source("ucf", "test", synthetic=dataclasses.replace(cfg, strength=0.0))
+    base = open_source("ucf", "test", synthetic=dataclasses.replace(cfg, strength=0.0, rise=0.0))
     anom = open_source("ucf", "test", synthetic=cfg)
     changes = []
     for i in np.flatnonzero(anom.table.anomalous)[:20]:

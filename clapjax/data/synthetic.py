@@ -100,29 +100,45 @@ SHARED = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """Generator settings (see the module docstring for the model and defaults).
+    """Generator settings (see the module docstring for the model and the
+    measurement behind every default).
+
+    All variations are *relative* to the per-dimension mean ``μ``: a feature
+    is ``gain · μ ⊙ (1 + a_t + y_t)``, rectified at 0, with ``a_t`` a scalar
+    (the "activity" along the mean direction, which alone moves the norm) and
+    ``y_t`` a direction change that leaves the norm unchanged to first order.
+    "rms" below is the ``μ²``-weighted root mean square over dimensions, the
+    relative change of a feature vector.
 
     Attributes:
       seed: base seed; video t's features depend on (seed, dataset, part, t) only.
       feature_dim: ``D``.
-      crops: crops per segment.
-      rank: rank of the scene-specific normal variation.
-      smoothness: mean AR(1) coefficient of the latent normal dynamics.
-      noise: white per-segment noise (per-dimension std, before gains).
-      strength: anomaly strength multiplier: the difficulty knob (lower = harder).
-      no_rise_fraction: mean fraction of anomalous videos whose anomaly keeps
-        the feature norm unchanged.
-      burst_fraction: fraction of normal videos with magnitude bursts.
-      burst_strength: typical relative magnitude increase of a burst.
+      crops: crops per segment (their mean is the generated feature).
+      mean_norm: typical segment norm ``‖f‖₂``.
+      mean_shape: gamma shape of the per-dimension means ``μ_d``.
+      rank: rank of the scene-specific latent direction dynamics.
+      spectrum_decay: the latent dimension ``k`` has amplitude ``k^-decay``.
+      smoothness: mean AR(1) coefficient of the latent direction dynamics.
+      variation: rms of the within-video direction change ``y_t``.
+      noise_share: share of ``variation²`` that is white per segment (the
+        rest is the smooth latent part).
+      activity: std of the activity ``a_t`` (relative norm change).
+      activity_smoothness: AR(1) coefficient of ``a_t``.
+      video_spread: rms of the per-video (scene + video) direction offset.
+      gain_spread: log-scale std of the per-video gain (half scene, half video).
+      crop_variation: rms of a crop's deviation from the crop mean.
+      strength: direction shift of an anomaly, in units of ``variation``.
+      rise: typical rise of the activity (relative norm) inside an anomaly.
+      no_rise_fraction: mean fraction of anomalous videos whose anomaly
+        changes only the direction (the norm is kept exactly).
+      burst_fraction: fraction of normal videos with activity bursts.
+      burst_strength: typical activity rise of a burst, relative to ``rise``.
       anomaly_variation: size of the class-specific temporal variation inside
         an anomaly, relative to its mean pattern (anomalies are eventful).
+      anomaly_smoothness: AR(1) coefficient of that variation.
       video_bias: log-scale increase of the white-noise level of every
-        segment of anomalous videos (whole video, not just the anomaly):
-        models that anomalous footage is, on average, shakier/busier than
-        normal footage. 0 removes any video-level difference outside the
-        anomaly itself.
-      anomaly_smoothness: AR(1) coefficient of that variation (below the
-        normal ``smoothness``: events change faster than normal scenes).
+        segment of anomalous videos (whole video, not just the anomaly). 0
+        removes any video-level difference outside the anomaly itself.
       xd_scenes: number of hashed scenes for XD-Violence.
       max_segments: cap on video length; ``None`` keeps the real lengths
         (only the ``tiny`` preset shortens videos).
@@ -131,16 +147,26 @@ class SyntheticConfig:
     seed: int = 0
     feature_dim: int = 128
     crops: int = 1
-    rank: int = 16
-    smoothness: float = 0.9
-    noise: float = 0.2
-    strength: float = 0.6
-    no_rise_fraction: float = 0.5
+    mean_norm: float = 8.7
+    mean_shape: float = 4.0
+    rank: int = 32
+    spectrum_decay: float = 0.5
+    smoothness: float = 0.8
+    variation: float = 0.2
+    noise_share: float = 0.15
+    activity: float = 0.065
+    activity_smoothness: float = 0.55
+    video_spread: float = 0.3
+    gain_spread: float = 0.11
+    crop_variation: float = 0.28
+    strength: float = 0.85
+    rise: float = 0.09
+    no_rise_fraction: float = 0.1
     burst_fraction: float = 0.3
-    burst_strength: float = 0.5
+    burst_strength: float = 1.0
     anomaly_variation: float = 1.0
-    video_bias: float = 0.2
     anomaly_smoothness: float = 0.6
+    video_bias: float = 0.2
     xd_scenes: int = 16
     max_segments: int | None = None
 
@@ -150,16 +176,22 @@ class SyntheticConfig:
                 f"SyntheticConfig: feature_dim >= 2, crops >= 1 and rank >= 1 are required, got "
                 f"{self.feature_dim}, {self.crops}, {self.rank}"
             )
-        for f in ("smoothness", "anomaly_smoothness"):
+        for f in ("smoothness", "anomaly_smoothness", "activity_smoothness"):
             if not 0.0 <= getattr(self, f) < 1.0:
                 raise ValueError(f"SyntheticConfig: {f} must be in [0, 1), got {getattr(self, f)}")
-        for f in ("no_rise_fraction", "burst_fraction"):
+        for f in ("no_rise_fraction", "burst_fraction", "noise_share"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ValueError(f"SyntheticConfig: {f} must be in [0, 1], got {getattr(self, f)}")
-        if min(self.strength, self.noise, self.burst_strength, self.anomaly_variation) < 0:
-            raise ValueError(
-                "SyntheticConfig: strength, noise, burst_strength and anomaly_variation must be >= 0"
-            )
+        nonneg = ("strength", "rise", "variation", "activity", "video_spread", "gain_spread",
+                  "crop_variation", "burst_strength", "anomaly_variation", "spectrum_decay", "video_bias")
+        for f in nonneg:
+            value = getattr(self, f)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"SyntheticConfig: {f} must be a finite number >= 0, got {value!r}")
+        for f in ("mean_norm", "mean_shape"):
+            value = getattr(self, f)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise ValueError(f"SyntheticConfig: {f} must be a finite number > 0, got {value!r}")
         if self.max_segments is not None and self.max_segments < 1:
             raise ValueError(f"SyntheticConfig: max_segments must be >= 1, got {self.max_segments}")
 
@@ -194,61 +226,96 @@ def shrink_split(split: splits_mod.Split, videos_per_participant: int) -> splits
 
 # --------------------------------------------------------------------------- model
 
+#: Per-dimension relative deviations scale as ``μ_d^-WITHIN_EXPONENT`` within a
+#: video and ``μ_d^-BETWEEN_EXPONENT`` between videos: least-squares slopes of
+#: log(std/mean) on log(mean) over the 1024 dimensions of the real I3D
+#: features of the shared CCTV videos (10 crops): -0.59 within, -0.25 between.
+WITHIN_EXPONENT = 0.5
+BETWEEN_EXPONENT = 0.25
+#: Activity std of a crop relative to the crop mean (real I3D, 10 crops of the
+#: shared CCTV videos: per-crop norm CV 0.063, Ped2 0.050).
+CROP_ACTIVITY = 0.06
+#: Values below ``ZERO_LEVEL`` times the root-mean-square value are set to 0
+#: (real I3D features hold exact zeros, where every pooled ReLU was off).
+ZERO_LEVEL = 0.04
+
 
 class _GlobalModel:
-    """Scene and class parameters shared by all videos of one (dataset, config)."""
+    """Scene and class parameters shared by all videos of one (dataset, config).
+
+    Relative deviations ``y [.., D]`` act on the feature as ``μ ⊙ (1 + y)``;
+    :meth:`orth` removes their first-order effect on the norm (the
+    ``μ²``-weighted mean), so that only the activity ``a_t`` moves norms.
+    """
 
     def __init__(self, dataset: str, cfg: SyntheticConfig):
         D, r = cfg.feature_dim, cfg.rank
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _GLOBAL_STREAM, 0]))
-        # Positive mean (post-ReLU features), per-dimension mean 0.5.
-        self.mean = rng.gamma(2.0, 0.25, D)
-        shared_basis = rng.standard_normal((r, D))
+        mu = rng.gamma(cfg.mean_shape, 1.0, D)
+        self.weights = mu**2 / np.sum(mu**2)  # μ²-weights: Σ w_d y_d = first-order relative norm change
+        rel = mu / np.mean(mu)
+        self.within = self._unit(rel**-WITHIN_EXPONENT)
+        self.between = self._unit(rel**-BETWEEN_EXPONENT)
+        # x_d = μ_d exp(y_d) has mean μ_d exp(v_d / 2) for a Gaussian y_d of
+        # variance v_d: divide it out, so that μ is the per-dimension mean, and
+        # scale μ so that the typical segment norm is mean_norm.
+        v = ((cfg.variation * self.within) ** 2 + (cfg.video_spread * self.between) ** 2
+             + cfg.activity**2)
+        self.zero_level = ZERO_LEVEL / np.sqrt(D)  # times the segment norm
+        mu = mu * cfg.mean_norm / np.sqrt(np.sum(mu**2 * np.exp(v)))
+        self.mean = (mu * np.exp(-v / 2.0)).astype(np.float32)
         self.n_scenes = 11 if dataset == "ucf" else int(cfg.xd_scenes)
-        self.scene_offset = 0.2 * rng.standard_normal((self.n_scenes, D))
+        half_spread = cfg.video_spread / np.sqrt(2.0)
+        self.scene_offset = half_spread * self.orth(self.between * rng.standard_normal((self.n_scenes, D)))
+        # Latent basis: half shared by all scenes, half scene-own; rows ⊥ the norm
+        # direction with rms 1, then amplitude k^-decay normalised to unit total.
+        shared = rng.standard_normal((r, D))
         own = rng.standard_normal((self.n_scenes, r, D))
-        # Per-dimension std of W^T h is 0.35 for a unit-variance h.
-        self.scene_basis = 0.35 * (shared_basis[None] + own) / np.sqrt(2.0 * r)
-        self.scene_basis32 = self.scene_basis.astype(np.float32)
-        self.scene_noise = cfg.noise * np.exp(0.2 * rng.standard_normal(self.n_scenes))
-        self.scene_gain = np.exp(0.15 * rng.standard_normal(self.n_scenes))
-        burst = rng.gamma(2.0, 0.5, D)
-        self.burst_pattern = burst / np.sqrt(np.mean(burst**2))
-        # Unit direction of the mean: no-rise patterns are made orthogonal to it.
-        self._mean_dir = self.mean / np.linalg.norm(self.mean)
-        # What anomalies of different classes share (e.g. sudden motion): one
-        # positive and one zero-mean pattern, mixed into every class pattern.
-        self.common_add = self._rms_one(np.abs(rng.standard_normal(D)))
-        self.common_rot = self._rms_one(self._no_mean(rng.standard_normal(D)))
+        basis = self.orth(self.within * (shared[None] + own) / np.sqrt(2.0))
+        basis /= self.rms(basis)[..., None]
+        amp = np.arange(1, r + 1, dtype=np.float64) ** -cfg.spectrum_decay
+        amp /= np.sqrt(np.sum(amp**2))
+        self.scene_basis = (basis * amp[None, :, None]).astype(np.float32)
+        self.scene_noise = np.exp(0.2 * rng.standard_normal(self.n_scenes))
+        self.scene_gain = np.exp(cfg.gain_spread / np.sqrt(2.0) * rng.standard_normal(self.n_scenes))
+        burst = self.orth(self.within * rng.standard_normal(D))
+        self.burst_pattern = burst / self.rms(burst)
+        # What anomalies of different classes share (e.g. sudden motion).
+        common = self.orth(self.within * rng.standard_normal(D))
+        self.common = common / self.rms(common)
         self._cfg = cfg
         self._classes: dict[str, tuple] = {}
 
-    @staticmethod
-    def _rms_one(v: np.ndarray) -> np.ndarray:
-        return v / np.sqrt(np.mean(v**2))
+    def _unit(self, s: np.ndarray) -> np.ndarray:
+        """``s`` scaled to μ²-weighted rms 1."""
+        return s / np.sqrt(np.sum(self.weights * s**2))
 
-    def _no_mean(self, v: np.ndarray) -> np.ndarray:
-        return v - (v @ self._mean_dir) * self._mean_dir
+    def rms(self, y: np.ndarray) -> np.ndarray:
+        """μ²-weighted rms over the last axis."""
+        return np.sqrt(np.sum(self.weights * y**2, axis=-1))
+
+    def orth(self, y: np.ndarray) -> np.ndarray:
+        """``y`` minus its μ²-weighted mean (no first-order norm change)."""
+        return y - (y @ self.weights.astype(y.dtype))[..., None]
 
     def event(self, label: str):
-        """(additive pattern [D], no-rise pattern [D], dynamics [4, D], strength, no-rise prob)."""
+        """(direction pattern [D], dynamics [8, D], strength, no-rise prob) of an event class."""
         if label not in self._classes:
             cfg, D = self._cfg, self._cfg.feature_dim
             code = zlib.crc32(label.encode())
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _GLOBAL_STREAM, 1, code]))
             mask = rng.random(D) < 0.3
             mask[rng.integers(D)] = True
-            add = self._rms_one(np.abs(rng.standard_normal(D)) * mask)
-            add = self._rms_one(SHARED * self.common_add + (1 - SHARED) * add)
-            rot = self._rms_one(self._no_mean(rng.standard_normal(D) * mask))
-            rot = self._rms_one(self._no_mean(SHARED * self.common_rot + (1 - SHARED) * rot))
-            # Unit per-dimension std on the class's dims for a unit-variance state.
-            dyn = rng.standard_normal((_DYN_RANK, D)) * mask / np.sqrt(_DYN_RANK)
+            own = self.orth(self.within * rng.standard_normal(D) * mask)
+            pattern = self.orth(SHARED * self.common + (1 - SHARED) * own / self.rms(own))
+            pattern /= self.rms(pattern)
+            dyn = self.orth(self.within * rng.standard_normal((_DYN_RANK, D)) * mask)
+            dyn /= np.sqrt(np.sum(self.rms(dyn) ** 2))
             strength = float(np.exp(np.clip(0.25 * rng.standard_normal(), -0.5, 0.5)))
             no_rise = float(np.clip(cfg.no_rise_fraction + 0.15 * rng.standard_normal(), 0.0, 1.0))
             if cfg.no_rise_fraction in (0.0, 1.0):
                 no_rise = cfg.no_rise_fraction
-            self._classes[label] = (add, rot, dyn, strength, no_rise)
+            self._classes[label] = (pattern, dyn, strength, no_rise)
         return self._classes[label]
 
 
@@ -458,19 +525,23 @@ class SyntheticSource(SourceBase):
         rng = self._rng(t, 1)
 
         phi = float(np.clip(cfg.smoothness + 0.04 * rng.standard_normal(), 0.0, 0.99))
-        gain = float(gm.scene_gain[s] * np.exp(0.12 * rng.standard_normal()))
-        static = 0.6 * rng.standard_normal(cfg.rank)
-        offset = 0.08 * rng.standard_normal(D)
-        latent = (_ar1(rng, m, cfg.rank, phi) + static).astype(np.float32)
-        # float32 throughout for the [m, D] arrays: generation is memory bound.
-        x = latent @ gm.scene_basis32[s]
-        x += (gm.mean + gm.scene_offset[s] + offset).astype(np.float32)
+        gain = float(gm.scene_gain[s] * np.exp(cfg.gain_spread / np.sqrt(2.0) * rng.standard_normal()
+                                               - cfg.gain_spread**2 / 2.0))
+        offset = cfg.video_spread / np.sqrt(2.0) * gm.orth(gm.between * rng.standard_normal(D))
+        # Relative direction change y [m, D] (float32: generation is memory bound):
+        # the smooth latent part and the white part, both ⊥ the norm direction.
+        smooth = np.sqrt(1.0 - cfg.noise_share) * cfg.variation
+        y = _ar1(rng, m, cfg.rank, phi).astype(np.float32) @ (smooth * gm.scene_basis[s])
+        y += (gm.scene_offset[s] + offset).astype(np.float32)
         noise = rng.standard_normal((m, D), dtype=np.float32)
+        noise *= (gm.within * np.sqrt(cfg.noise_share) * cfg.variation).astype(np.float32)
         # Footage quality varies per video; anomalous videos are, on average,
         # shakier/noisier footage (the dataset-level bias of ``video_bias``).
         bias = cfg.video_bias if self.table.anomalous[t] else 0.0
         noise *= float(gm.scene_noise[s] * np.exp(0.15 * rng.standard_normal() + bias))
-        x += noise
+        y += noise
+        # Activity: the relative norm change, AR(1).
+        act = cfg.activity * _ar1(rng, m, 1, cfg.activity_smoothness)[:, 0]
         amplitude = np.zeros(m)
         # Separate streams: changing an anomaly/burst knob leaves every other
         # random draw of the video unchanged.
@@ -478,37 +549,43 @@ class SyntheticSource(SourceBase):
         if labels.any():
             evs = _event_labels(self.dataset, self.table.classes[t])
             params = [gm.event(e) for e in evs]
-            add = np.mean([p[0] for p in params], axis=0)
-            rot = np.mean([p[1] for p in params], axis=0)
-            dyn = np.mean([p[2] for p in params], axis=0)
-            strength, no_rise_p = params[0][3], params[0][4]
+            pattern = np.mean([p[0] for p in params], axis=0)
+            dyn = np.mean([p[1] for p in params], axis=0)
+            strength, no_rise_p = params[0][2], params[0][3]
             no_rise = event_rng.random() < no_rise_p
-            amp = cfg.strength * strength * float(np.exp(0.3 * event_rng.standard_normal()))
+            video_amp = float(np.exp(0.3 * event_rng.standard_normal()))
             env = _envelope(labels, event_rng)
-            amplitude = amp * env
+            amplitude = cfg.strength * strength * video_amp * env
             eta = _ar1(event_rng, m, dyn.shape[0], cfg.anomaly_smoothness)
             idx = np.flatnonzero(env > 0)
-            pattern = (rot if no_rise else add)[None, :] + cfg.anomaly_variation * (eta[idx] @ dyn)
-            moved = x[idx] + (0.5 * amplitude[idx, None] * pattern).astype(np.float32)
-            if no_rise:
-                # Same norm as the normal feature: the anomaly only turns it.
-                moved *= np.linalg.norm(x[idx], axis=1, keepdims=True) / np.linalg.norm(
-                    moved, axis=1, keepdims=True
-                )
-            x[idx] = moved
+            shift = pattern[None, :] + cfg.anomaly_variation * (eta[idx] @ dyn)
+            y[idx] += (cfg.variation * amplitude[idx, None] * shift).astype(np.float32)
+            if not no_rise:
+                act = act + cfg.rise * strength * video_amp * env
         elif event_rng.random() < cfg.burst_fraction:
             pool = _test_interval_pool(self.dataset)["*"]
             burst = _windows_from_pool(pool, m, event_rng)
-            level = cfg.burst_strength * float(np.exp(0.3 * event_rng.standard_normal()))
-            benv = level * _envelope(burst, event_rng)
-            x *= (1.0 + benv).astype(np.float32)[:, None]
-            x += ((0.5 * benv)[:, None] * gm.burst_pattern).astype(np.float32)
-        x *= gain
-        crop_bias = 0.08 * rng.standard_normal((C, D))
-        out = rng.standard_normal((m, C, D), dtype=np.float32)
-        out *= 0.1 * gain
-        out += (gain * crop_bias).astype(np.float32)
-        out += x[:, None, :]
+            level = cfg.burst_strength * cfg.rise * float(np.exp(0.3 * event_rng.standard_normal()))
+            benv = _envelope(burst, event_rng)
+            act = act + level * benv
+            y += (cfg.variation * 0.5 * benv[:, None] * gm.burst_pattern).astype(np.float32)
+        # The feature: direction μ ⊙ exp(y), norm gain · mean_norm · exp(a_t).
+        x = np.exp(y, out=y)
+        x *= gm.mean
+        norm = (gain * cfg.mean_norm) * np.exp(act - cfg.activity**2 / 2.0)
+        x *= (norm / np.linalg.norm(x, axis=1)).astype(np.float32)[:, None]
+        x[x < (gm.zero_level * norm).astype(np.float32)[:, None]] = 0.0
+        if C == 1:
+            return x[:, None, :], amplitude
+        # Crops: relative (log-scale) deviations centred over crops, so that
+        # their geometric mean is x.
+        dev = rng.standard_normal((m, C, D), dtype=np.float32)
+        dev *= (gm.within * np.sqrt(max(cfg.crop_variation**2 - CROP_ACTIVITY**2, 0.0))).astype(np.float32)
+        dev = gm.orth(dev)
+        dev += CROP_ACTIVITY * rng.standard_normal((m, C, 1), dtype=np.float32)
+        dev -= dev.mean(axis=1, keepdims=True)
+        out = np.exp(dev, out=dev)
+        out *= x[:, None, :]
         return out, amplitude
 
     def _read(self, i: int) -> np.ndarray:
@@ -516,4 +593,3 @@ class SyntheticSource(SourceBase):
         if self.crop_mode == "mean":
             return feats.mean(axis=1, keepdims=True)
         return feats
-
