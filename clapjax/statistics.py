@@ -45,11 +45,13 @@ Numerical contract of ``H`` (float32 data, float32 or float64 eigensolver):
     ``diag_zero_value`` (1e-9) to those columns, as ``np.cov`` in float64
     gives exactly 0 there (released code: ``-Σ_d C_dd ln C_dd``, zeros → 1e-9).
   * Eigenvalues at or below the data's float32 noise floor
-    (:func:`eigenvalue_noise_floor`: ``(√m + √D)² (eps32 · max|f|)² / (m-1)``,
-    the largest covariance eigenvalue that rounding every feature value of an
-    ``m × D`` video by ``eps32 · max|f|`` can create) are set to 0. Unlike a
-    cut-off relative to ``λ_max``, this keeps every eigenvalue the data
-    resolves, for spectra decaying over many decades (long 2048-d videos).
+    (:func:`eigenvalue_noise_floor`: ``eps32² Σ_j ‖f_j‖² / (m-1)``, at most
+    ``≈ D (eps32 · max|f|)²``: the largest covariance eigenvalue that
+    rounding every feature value by ``eps32 · |f|`` can create) are set to
+    0. Unlike a cut-off relative to ``λ_max``, this keeps every eigenvalue
+    the data resolves, for spectra decaying over many decades (long 2048-d
+    videos). The floor comes from the segment magnitudes ``z`` the kernels
+    compute anyway (no extra pass over the features).
     Measured against float64 ``eigh`` of the float64 covariance: |ΔH| below
     1e-4 for D = 2048 spectra decaying over 1e10-1e17 (see tests).
 """
@@ -154,27 +156,35 @@ def sigma_from_magnitude(z: ArrayLike, layout: Layout, opts: PseudoLabelOptions 
     return jnp.where(count >= 1, largest, 0.0)
 
 
-def eigenvalue_noise_floor(max_abs: ArrayLike, num_rows: ArrayLike, feature_dim: int) -> jax.Array:
+def eigenvalue_noise_floor(sum_sq_norms: ArrayLike, num_rows: ArrayLike) -> jax.Array:
     """Largest covariance eigenvalue that float32 rounding of the data can make.
 
-    Rounding each value of an ``m × D`` feature matrix by at most
-    ``δ = eps32 · max|f|`` adds a noise matrix of spectral norm at most
-    ``(√m + √D) δ`` (the Marchenko-Pastur edge for random noise), i.e.
-    covariance eigenvalues up to ``(√m + √D)² δ² / (m - 1)``. Eigenvalues
-    below it are not resolved by float32 data.
+    Rounding each feature value ``f_jd`` by at most ``eps32 · |f_jd|`` adds a
+    noise matrix ``N`` with ``‖N‖₂² <= ‖N‖_F² <= eps32² Σ_j ‖f_j‖²``, so its
+    covariance eigenvalues are at most ``eps32² Σ_j ‖f_j‖² / (m - 1)``
+    (``<= m D (eps32 · max|f|)² / (m - 1)``). Eigenvalues below it are not
+    resolved by float32 data.
 
     Args:
-      max_abs: ``[...]`` largest ``|f|`` of each video (crop-mean features).
+      sum_sq_norms: ``[...]`` ``Σ_j ‖f_j‖²`` over each video's crop-mean
+        feature rows (or an upper bound: ``Σ_j z_j`` for ``mean_sq_norm``).
       num_rows: ``[...]`` segments per video ``m``.
-      feature_dim: ``D``.
 
     Returns:
       ``[...] float32`` floor in covariance units (0 where ``m < 2``).
     """
     m = jnp.asarray(num_rows, jnp.float32)
-    delta = _EPS32 * jnp.asarray(max_abs, jnp.float32)
-    edge = (jnp.sqrt(m) + jnp.sqrt(jnp.float32(feature_dim))) * delta
-    return jnp.where(m >= 2, edge * edge / jnp.maximum(m - 1.0, 1.0), 0.0)
+    total = jnp.asarray(sum_sq_norms, jnp.float32)
+    return jnp.where(m >= 2, _EPS32 * _EPS32 * total / jnp.maximum(m - 1.0, 1.0), 0.0)
+
+
+def _squared_norm_bound(z: jax.Array, opts: PseudoLabelOptions) -> jax.Array:
+    """``‖f_j‖²`` of the crop-mean row (or an upper bound) from its magnitude ``z``.
+
+    ``l2_of_mean``: ``z = ‖mean_c f‖`` exactly. ``mean_sq_norm``:
+    ``z = mean_c ‖f_c‖² >= ‖mean_c f_c‖²`` (Jensen).
+    """
+    return z * z if opts.magnitude == "l2_of_mean" else z
 
 
 def entropy_from_eigenvalues(
@@ -324,15 +334,13 @@ def _centred_padded(features: jax.Array, lengths: jax.Array, opts: PseudoLabelOp
     raw = jnp.where(rows[(...,) + (None,) * (features.ndim - 2)], features, 0.0)
     z = jnp.where(rows, _magnitude(raw, has_crops, opts), 0.0)
     f = crop_mean(raw, has_crops)
-    mean = f.sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
-    # The float32 mean of identical values can differ from them by an ulp:
-    # zero exactly constant columns explicitly (max == min over valid rows).
-    high = jnp.max(jnp.where(rows[..., None], f, -jnp.inf), axis=1)
-    low = jnp.min(jnp.where(rows[..., None], f, jnp.inf), axis=1)
-    varying = (high > low)[:, None, :]
-    xc = jnp.where(rows[..., None] & varying, f - mean[:, None, :], 0.0)
-    max_abs = jnp.max(jnp.maximum(jnp.abs(high), jnp.abs(low)), axis=-1)
-    floor = eigenvalue_noise_floor(jnp.where(lengths > 0, max_abs, 0.0), lengths, f.shape[-1])
+    # The float32 mean of identical values can differ from them by an ulp.
+    # Shifting by the first row first makes exactly constant columns exactly
+    # 0 (x - y == 0 iff x == y), and their mean then too.
+    dev = jnp.where(rows[..., None], f - f[:, :1, :], 0.0)
+    mean = dev.sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
+    xc = jnp.where(rows[..., None], dev - mean[:, None, :], 0.0)
+    floor = eigenvalue_noise_floor(jnp.sum(_squared_norm_bound(z, opts), axis=1), lengths)
     return xc, z, floor
 
 
@@ -368,8 +376,9 @@ def _chunk_mean(chunk, n_valid, has_crops):
 @functools.partial(jax.jit, static_argnames=("has_crops", "opts"))
 def _covariance_chunk(state, chunk, n_valid, shift, has_crops, opts):
     """Adds one chunk of one long video to (Σ(x-s), Σ(x-s)(x-s)ᵀ or its
-    diagonal, column min, column max of the crop-mean features)."""
-    first, second, low, high = state
+    diagonal, column min, column max of the crop-mean features, Σ‖f_j‖²
+    bound)."""
+    first, second, low, high, sq = state
     rows = jnp.arange(chunk.shape[0]) < n_valid
     mask = rows[(...,) + (None,) * (chunk.ndim - 1)]
     chunk = jnp.where(mask, chunk, 0.0)
@@ -383,16 +392,17 @@ def _covariance_chunk(state, chunk, n_valid, shift, has_crops, opts):
         second = second + jnp.sum(dev * dev, axis=0)
     else:
         second = second + jnp.matmul(dev.T, dev, precision=_HIGHEST)
-    return (first, second, low, high), z
+    sq = sq + jnp.sum(_squared_norm_bound(z, opts))
+    return (first, second, low, high, sq), z
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "host_eigen"))
 def _covariance_entropy(state, m, opts, host_eigen):
     """Entropy of one long video, or ``(D×D covariance, noise floor)`` if
     ``host_eigen``. Exactly constant columns get exactly zero covariance."""
-    first, second, low, high = state
-    varying = high > low
-    floor = eigenvalue_noise_floor(jnp.max(jnp.maximum(jnp.abs(low), jnp.abs(high))), m, low.shape[0])
+    first, second, low, high, sq = state
+    varying = high > low  # exactly constant columns (the shift need not be exact)
+    floor = eigenvalue_noise_floor(sq, m)
     m = jnp.asarray(m, jnp.float32)
     mean_dev = first / m
     if opts.entropy == "diag_reference":
@@ -636,6 +646,7 @@ def _zero_state(feature_dim: int, opts: PseudoLabelOptions):
         jnp.zeros(second, jnp.float32),
         jnp.full(feature_dim, jnp.inf, jnp.float32),
         jnp.full(feature_dim, -jnp.inf, jnp.float32),
+        jnp.zeros((), jnp.float32),
     )
 
 
