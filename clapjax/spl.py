@@ -55,6 +55,27 @@ def select_window(values: ArrayLike, layout: Layout, widths: ArrayLike, rule: st
     raise ValueError(f"unknown window rule {rule!r}; valid: min_mean, max_mean, max_total_variation")
 
 
+def _rescaled(log_scores: jax.Array, layout: Layout, widths: ArrayLike, rule: str) -> tuple[jax.Array, jax.Array | None]:
+    """``(exp(log s - c_i) [S], its window maxima [S] or None)``."""
+    n = layout.num_videos
+    seg = layout.video_of_segment
+    peak = None
+    if rule == "min_mean":
+        peak, valid = windows.window_max(log_scores, layout, widths)
+        minimax = jax.ops.segment_min(jnp.where(valid, peak, jnp.inf), seg, num_segments=n)
+        width = jnp.maximum(jnp.clip(jnp.asarray(widths, jnp.int32), 0, layout.lengths), 1)
+        shift = minimax + jnp.log(width.astype(jnp.float32))
+        ceiling = jnp.log(4.0)
+    else:
+        shift = jax.ops.segment_max(jnp.where(layout.segment_mask, log_scores, -jnp.inf), seg, num_segments=n)
+        ceiling = 0.0
+    shift = packed.per_segment(jnp.where(jnp.isfinite(shift), shift, 0.0), layout, fill=0.0)
+    values = jnp.where(layout.segment_mask, jnp.exp(jnp.minimum(log_scores - shift, ceiling)), 0.0)
+    if peak is not None:  # exp is monotone: the window maxima of the values
+        peak = jnp.exp(jnp.minimum(peak - shift, ceiling))
+    return values, peak
+
+
 def window_values_from_log_scores(log_scores: ArrayLike, layout: Layout, widths: ArrayLike, rule: str) -> jax.Array:
     """``exp(log s - c_i)``: each video's scores over one constant, no underflow.
 
@@ -81,21 +102,7 @@ def window_values_from_log_scores(log_scores: ArrayLike, layout: Layout, widths:
     Returns:
       ``[S] float32`` in ``[0, 4]`` (0 on padding rows).
     """
-    log_scores = jnp.asarray(log_scores, jnp.float32)
-    n = layout.num_videos
-    seg = layout.video_of_segment
-    if rule == "min_mean":
-        peak, valid = windows.window_max(log_scores, layout, widths)
-        minimax = jax.ops.segment_min(jnp.where(valid, peak, jnp.inf), seg, num_segments=n)
-        width = jnp.maximum(jnp.clip(jnp.asarray(widths, jnp.int32), 0, layout.lengths), 1)
-        shift = minimax + jnp.log(width.astype(jnp.float32))
-        ceiling = jnp.log(4.0)
-    else:
-        shift = jax.ops.segment_max(jnp.where(layout.segment_mask, log_scores, -jnp.inf), seg, num_segments=n)
-        ceiling = 0.0
-    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-    rel = log_scores - packed.per_segment(shift, layout, fill=0.0)
-    return jnp.where(layout.segment_mask, jnp.exp(jnp.minimum(rel, ceiling)), 0.0)
+    return _rescaled(jnp.asarray(log_scores, jnp.float32), layout, widths, rule)[0]
 
 
 def generate_from_log_scores(
@@ -120,8 +127,11 @@ def generate_from_log_scores(
     """
     log_scores = jnp.asarray(log_scores, jnp.float32)
     widths = windows.window_widths(layout.lengths, opts.beta, opts.window_rounding)
-    values = window_values_from_log_scores(log_scores, layout, widths, opts.generate_window)
-    chosen = select_window(values, layout, widths, opts.generate_window)
+    values, peak = _rescaled(log_scores, layout, widths, opts.generate_window)
+    if opts.generate_window == "min_mean":
+        chosen = windows.window_argmin(values, layout, widths, window_peak=peak)
+    else:
+        chosen = select_window(values, layout, widths, opts.generate_window)
     anomalous = _anomalous_rows(video_labels, layout)
     labels = chosen.mask & anomalous
     if opts.alpha is not None and opts.null_score != "density":

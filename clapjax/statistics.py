@@ -98,6 +98,7 @@ def crop_mean(features: ArrayLike, has_crops: bool) -> jax.Array:
     return features.mean(axis=-2) if has_crops else features
 
 
+
 def _magnitude(features: jax.Array, has_crops: bool, opts: PseudoLabelOptions) -> jax.Array:
     features = jnp.asarray(features, jnp.float32)
     if opts.magnitude == "l2_of_mean":
@@ -338,6 +339,13 @@ def _centred_padded(features: jax.Array, lengths: jax.Array, opts: PseudoLabelOp
     # Shifting by the first row first makes exactly constant columns exactly
     # 0 (x - y == 0 iff x == y), and their mean then too.
     dev = jnp.where(rows[..., None], f - f[:, :1, :], 0.0)
+    if has_crops:
+        # The crop mean ends in a multiply, which XLA may contract with the
+        # subtraction into an FMA (f_j - f_0 = rounding error of f_0, not 0).
+        # Comparisons are exact: zero columns with max == min explicitly.
+        high = jnp.max(jnp.where(rows[..., None], f, -jnp.inf), axis=1)
+        low = jnp.min(jnp.where(rows[..., None], f, jnp.inf), axis=1)
+        dev = jnp.where((high > low)[:, None, :], dev, 0.0)
     mean = dev.sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
     xc = jnp.where(rows[..., None], dev - mean[:, None, :], 0.0)
     floor = eigenvalue_noise_floor(jnp.sum(_squared_norm_bound(z, opts), axis=1), lengths)

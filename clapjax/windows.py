@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -164,9 +165,9 @@ def _normalise(digits: jax.Array) -> jax.Array:
 def _exclusive_prefix(digits: jax.Array) -> jax.Array:
     """``[4, S] -> [4, S + 1]`` sums of rows ``< j``, modulo 2^32 (int32 bits)."""
     wrapped = lax.bitcast_convert_type(digits, jnp.uint32)  # unsigned adds wrap by definition
-    # Integer addition modulo 2^32 is associative: any scan order gives the
-    # same bits. The parallel scan is 2-4x faster than lax.cumsum here on CPU.
-    csum = lax.associative_scan(jnp.add, wrapped, axis=1)
+    # Integer addition modulo 2^32 is associative: any scan order (XLA may
+    # use a tree) gives the same bits.
+    csum = lax.cumsum(wrapped, axis=1)
     return jnp.concatenate([jnp.zeros((_DIGITS, 1), jnp.uint32), csum], axis=1)
 
 
@@ -294,7 +295,7 @@ def _select(criterion: jax.Array, valid: jax.Array, layout: Layout, widths: jax.
     return Window(start=start, width=widths, mask=window_mask(start, widths, layout))
 
 
-def _clip_for_argmin(values: jax.Array, layout: Layout, widths: jax.Array) -> jax.Array:
+def _clip_for_argmin(values: jax.Array, layout: Layout, widths: jax.Array, peak: jax.Array | None) -> jax.Array:
     """Clips non-negative videos above ``T_i`` without changing their argmin.
 
     ``M*_i`` is the smallest window maximum of video ``i``; the window
@@ -308,7 +309,10 @@ def _clip_for_argmin(values: jax.Array, layout: Layout, widths: jax.Array) -> ja
     x = jnp.where(layout.segment_mask, jnp.nan_to_num(values), 0.0)
     n = layout.num_videos
     seg = layout.video_of_segment
-    peak, valid = window_max(x, layout, widths)
+    if peak is None:
+        peak, valid = window_max(x, layout, widths)
+    else:
+        valid = _valid_starts(layout, packed.per_segment(widths, layout, fill=0))
     minimax = jax.ops.segment_min(jnp.where(valid, peak, jnp.inf), seg, num_segments=n)
     lowest = jax.ops.segment_min(jnp.where(layout.segment_mask, x, jnp.inf), seg, num_segments=n)
     bound = jnp.where(jnp.isfinite(minimax), minimax, 0.0) * jnp.clip(widths, 1, None).astype(jnp.float32)
@@ -320,10 +324,10 @@ def _clip_for_argmin(values: jax.Array, layout: Layout, widths: jax.Array) -> ja
     return jnp.where(row_clip, jnp.minimum(x, row_threshold), x)
 
 
-def _mean_window(values: ArrayLike, layout: Layout, widths: ArrayLike, largest: bool) -> Window:
+def _mean_window(values: ArrayLike, layout: Layout, widths: ArrayLike, largest: bool, peak=None) -> Window:
     row_w, w = _row_widths(widths, layout)
     if not largest:
-        values = _clip_for_argmin(jnp.asarray(values, jnp.float32), layout, w)
+        values = _clip_for_argmin(jnp.asarray(values, jnp.float32), layout, w, peak)
     # One width per video: comparing window sums compares window means.
     sums, valid = _window_digit_sums(_fixed_point(values, layout), layout, row_w)
     return _select(sums, valid, layout, w, largest)
@@ -337,7 +341,7 @@ def window_mask(start: ArrayLike, widths: ArrayLike, layout: Layout) -> jax.Arra
     return layout.segment_mask & (pos >= row_start) & (pos < row_start + row_w)
 
 
-def window_argmin(values: ArrayLike, layout: Layout, widths: ArrayLike) -> Window:
+def window_argmin(values: ArrayLike, layout: Layout, widths: ArrayLike, window_peak: ArrayLike | None = None) -> Window:
     """Window of lowest mean per video, ties → earliest start (exact; paper
     Algorithm 2, Generate: the window of lowest mean p-value).
 
@@ -351,11 +355,14 @@ def window_argmin(values: ArrayLike, layout: Layout, widths: ArrayLike) -> Windo
       values: ``[S]`` per-row values.
       layout: packed layout.
       widths: ``[N]`` int widths, clipped to ``[0, m]``, at most :data:`MAX_WIDTH`.
+      window_peak: optional ``[S]`` :func:`window_max` of ``values`` (or any
+        upper bound of it, e.g. from a monotone transform of the values),
+        to save recomputing it.
 
     Returns:
       :class:`Window` (``start [N]``, ``width [N]``, ``mask [S]``).
     """
-    return _mean_window(values, layout, widths, largest=False)
+    return _mean_window(values, layout, widths, largest=False, peak=window_peak)
 
 
 def window_argmax(values: ArrayLike, layout: Layout, widths: ArrayLike) -> Window:
@@ -387,44 +394,41 @@ def window_max_total_variation(values: ArrayLike, layout: Layout, widths: ArrayL
     return _select(tv, valid, layout, w, largest=True)
 
 
-def _segmented_max_scan(values: jax.Array, starts: jax.Array, reverse: bool) -> jax.Array:
-    """Running max restarting wherever ``starts`` is True (scan direction ``reverse``)."""
-
-    def combine(a, b):
-        a_flag, a_val = a
-        b_flag, b_val = b
-        return a_flag | b_flag, jnp.where(b_flag, b_val, jnp.maximum(a_val, b_val))
-
-    _, out = lax.associative_scan(combine, (starts, values), reverse=reverse)
-    return out
-
-
 def window_max(values: ArrayLike, layout: Layout, widths: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """Largest value of every window, indexed by its start row, in O(S).
+    """Largest value of every window, indexed by its start row (exact).
 
-    Van Herk / Gil-Werman: each video is cut into blocks of ``w_i`` rows; a
-    window covers the tail of one block and the head of the next, so its
-    maximum is ``max(suffix_max[l], prefix_max[l + w_i - 1])`` (segmented
-    max-scans, exact in any order).
+    Sparse table restricted to each video: level ``k`` holds the maximum of
+    rows ``i .. i + 2^k - 1`` (rows past the video's end excluded); a window
+    of width ``w`` with ``2^k <= w < 2^(k+1)`` is the union of the level-k
+    ranges at ``l`` and ``l + w - 2^k``. ``O(S log MAX_WIDTH)`` elementwise
+    work in ``log2`` static levels (cheap to compile), no padding per video.
 
     Args:
       values: ``[S]`` per-row values.
       layout: packed layout.
-      widths: ``[N]`` int widths, clipped to ``[0, m]``.
+      widths: ``[N]`` int widths, clipped to ``[0, m]``, at most :data:`MAX_WIDTH`.
 
     Returns:
       ``(max [S] float32, valid [S] bool)``; invalid starts get ``-inf``.
     """
     x = jnp.where(layout.segment_mask, jnp.asarray(values, jnp.float32), -jnp.inf)
+    size = layout.num_segments
     row_w, _ = _row_widths(widths, layout)
     valid = _valid_starts(layout, row_w)
-    block = jnp.maximum(row_w, 1)
-    pos = layout.position
-    row_len = packed.per_segment(layout.lengths, layout, fill=0)
-    head = ~layout.segment_mask | (pos % block == 0)
-    tail = ~layout.segment_mask | (pos % block == block - 1) | (pos + 1 >= row_len)
-    prefix = _segmented_max_scan(x, head, reverse=False)
-    suffix = _segmented_max_scan(x, tail, reverse=True)
-    last = jnp.where(valid, jnp.arange(layout.num_segments, dtype=jnp.int32) + row_w - 1, 0)
-    out = jnp.maximum(suffix, jnp.take(prefix, last))
-    return jnp.where(valid, out, -jnp.inf), valid
+    width = jnp.maximum(row_w, 1)
+    level = (31 - lax.clz(width)).astype(jnp.int32)  # floor(log2 w)
+    room = packed.per_segment(layout.lengths, layout, fill=0) - layout.position  # rows left in the video
+    levels = max(1, int(np.ceil(np.log2(max(min(MAX_WIDTH, size), 2)))))
+    span = x  # level-k maxima
+    head = x  # level-(level of the row's video) maxima
+    for k in range(levels):
+        step = 1 << k
+        if step >= size:
+            break
+        ahead = jnp.concatenate([span[step:], jnp.full((step,), -jnp.inf, jnp.float32)])
+        span = jnp.maximum(span, jnp.where(room > step, ahead, -jnp.inf))
+        head = jnp.where(level == k + 1, span, head)
+    rows = jnp.arange(size, dtype=jnp.int32)
+    # Row l + w - 2^k is in the same video (same level) for a valid start.
+    tail = jnp.take(head, jnp.where(valid, rows + width - (1 << level), rows))
+    return jnp.where(valid, jnp.maximum(head, tail), -jnp.inf), valid
