@@ -363,7 +363,21 @@ def _bucket_kernel(features, lengths, opts, host_eigen):
     return gram, floor, z
 
 
-_entropy_jit = jax.jit(entropy_from_eigenvalues, static_argnames=("opts",))
+def _host_entropy_from_eigenvalues(lam: np.ndarray, floors: np.ndarray, opts: PseudoLabelOptions) -> np.ndarray:
+    """float64 numpy twin of :func:`entropy_from_eigenvalues` (same formula and
+    floor; no compile per batch shape)."""
+    lam = np.maximum(lam, 0.0)
+    lam = np.where(lam > np.asarray(floors, np.float64)[..., None], lam, 0.0)
+    if opts.entropy == "eq4_raw":
+        return 0.0 - np.sum(np.where(lam > 0, lam * np.log(np.where(lam > 0, lam, 1.0)), 0.0), axis=-1)
+    top = np.argmax(lam, axis=-1)[..., None]
+    largest = np.take_along_axis(lam, top, axis=-1)
+    others = np.where(np.arange(lam.shape[-1]) == top, 0.0, lam)
+    scale = np.where(largest > 0, largest, 1.0)
+    ratio = lam / scale
+    log_norm = np.log1p(others.sum(axis=-1, keepdims=True) / scale)
+    log_p = np.log(np.where(ratio > 0, ratio, 1.0)) - log_norm
+    return 0.0 - np.sum(np.where(ratio > 0, ratio * np.exp(-log_norm) * log_p, 0.0), axis=-1)
 
 
 def _host_entropy(matrices: Any, floors: Any, opts: PseudoLabelOptions) -> np.ndarray:
@@ -371,7 +385,7 @@ def _host_entropy(matrices: Any, floors: Any, opts: PseudoLabelOptions) -> np.nd
     eigenvectors (numpy, float64): 2-3x faster than ``jnp.linalg.eigvalsh`` on
     CPU, which always computes eigenvectors. ``floors [...]``: noise floors."""
     eig = np.linalg.eigvalsh(np.asarray(matrices, np.float64))
-    return np.asarray(_entropy_jit(eig.astype(np.float32), opts=opts, noise_floor=np.asarray(floors, np.float32)))
+    return _host_entropy_from_eigenvalues(eig, floors, opts).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("has_crops",))

@@ -27,6 +27,12 @@ Numerical contract (exact window criteria, float32/int32 only):
     its own values only, never on the videos packed before it, on padding or
     on its position; scaling a video's values by a power of two changes
     nothing. No float64 is needed (TPUs lack it).
+  * :func:`window_argmin` first clips videos of non-negative values (p-values,
+    densities) far above their best windows, which provably keeps the
+    argmin; its grid then follows the best windows' scale, not the video's
+    largest value.
+  * Widths above :data:`MAX_WIDTH` (2^17: a video of 655,360 segments at
+    β = 0.2) are outside the contract (digit sums could wrap).
   * Non-finite values are read as ``jnp.nan_to_num`` does (NaN → 0,
     ±inf → ±float32 max); the pipeline never passes them.
   * The float outputs (:func:`window_sums`, :func:`window_means`,
