@@ -54,6 +54,10 @@ Numerical contract of ``H`` (float32 data, float32 or float64 eigensolver):
     compute anyway (no extra pass over the features).
     Measured against float64 ``eigh`` of the float64 covariance: |ΔH| below
     1e-4 for D = 2048 spectra decaying over 1e10-1e17 (see tests).
+  * A float32 eigensolver (``eigen_backend="jax"``, the default on
+    accelerators, and :func:`padded_video_statistics`) adds its own absolute
+    eigenvalue error, ~``eps32 · λ_max``; the host solver (float64 LAPACK on
+    the float32 matrix) resolves eigenvalues far below that.
 """
 
 from __future__ import annotations
@@ -96,7 +100,6 @@ def crop_mean(features: ArrayLike, has_crops: bool) -> jax.Array:
     """``[..., C, D] -> [..., D]`` mean over crops (identity if no crop axis)."""
     features = jnp.asarray(features, jnp.float32)
     return features.mean(axis=-2) if has_crops else features
-
 
 
 def _magnitude(features: jax.Array, has_crops: bool, opts: PseudoLabelOptions) -> jax.Array:
