@@ -103,8 +103,10 @@ class ExtractSummary:
       written, skipped: video names written now, and already finished before.
       clips: clip-crops computed.
       seconds: wall time of the call.
-      timing: ``decode_wait_s`` (main thread waiting for decoded clips: decoding
-        was the bottleneck) and ``network_wait_s`` (waiting for the network).
+      timing: ``first_batch_s`` (start-up: decoding the first batch),
+        ``decode_wait_s`` (afterwards, the network side waiting for decoded
+        clips: decoding was the bottleneck) and ``network_wait_s`` (waiting for
+        the network's results).
       manifest: the manifest as written.
     """
 
@@ -382,7 +384,8 @@ def _run(videos: list[VideoInput], readers: list[VideoReader], out: Path, manife
          options: ExtractOptions, params: Any, features: Callable) -> tuple[list[str], int, dict]:
     crops, batch = options.crops, options.batch_size
     estimate = [(r.expected_frames or 0) // CLIP_FRAMES * crops for r in readers]
-    timing = {"decode_wait_s": 0.0, "network_wait_s": 0.0}
+    timing = {"first_batch_s": 0.0, "decode_wait_s": 0.0, "network_wait_s": 0.0}
+    t_start = time.perf_counter()
     if not videos:
         _write_manifest(out, manifest)
         return [], 0, timing
@@ -446,6 +449,8 @@ def _run(videos: list[VideoInput], readers: list[VideoReader], out: Path, manife
         nonlocal buf, slots
         if slots:
             t = time.perf_counter()
+            if not timing["first_batch_s"]:
+                timing["first_batch_s"] = t - t_start
             pending.append((features(dev_params, buf), slots))
             timing["network_wait_s"] += time.perf_counter() - t
             # A fresh buffer: on CPU the device array may alias the numpy memory.
@@ -459,7 +464,8 @@ def _run(videos: list[VideoInput], readers: list[VideoReader], out: Path, manife
             while True:
                 t = time.perf_counter()
                 item = q.get()
-                timing["decode_wait_s"] += time.perf_counter() - t
+                if timing["first_batch_s"]:  # the wait for the first batch is start-up, not a stall
+                    timing["decode_wait_s"] += time.perf_counter() - t
                 if item.kind == "clip":
                     for k in range(crops):
                         buf[len(slots)] = item.crops[k]
