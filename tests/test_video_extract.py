@@ -275,3 +275,19 @@ def test_cli_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {bad}: cannot open the video")
     with pytest.raises(VideoError):
         cli([str(bad), "--out", str(tmp_path / "out"), "--quiet", "--debug"])
+
+
+@pytest.mark.slow
+def test_bench_extract_report(tmp_path, user_cache):
+    """The extraction benchmark runs end to end and reports every group (slow: several minutes)."""
+    from experiments import bench_extract
+
+    r = bench_extract.main(["--quick", "--repeats", "1", "--videos", str(CLIP),
+                            "--out", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())["schema"] == bench_extract.SCHEMA_VERSION
+    for crops in ("crops1", "crops10"):
+        assert r["network"][crops]["clip_crops_per_s"] > 0
+        assert 0 < r["network"][crops]["fraction_of_peak"]["cpu"]
+        assert r["pipeline"][crops]["clip_crops"] == (2 if crops == "crops1" else 20)
+        assert 0 < r["shares"][crops]["decode"] < 1
+    assert set(r["targets"]) == {"network_half_of_peak", "decoding_hidden"}

