@@ -25,13 +25,13 @@ comes from this one process and run:
 * ``pipeline``: :func:`clapjax.video.extract_videos` end to end (decoding thread
   overlapped with the network) on the benchmark videos, 1 and 10 crops:
   clip-crops/s, ``first_batch_s`` (start-up), ``decode_wait_s`` (after it, the
-  network side waiting for decoded clips), ``network_wait_s``, ``over_network``
+  network idle waiting for decoded clips), ``network_wait_s``, ``over_network``
   (``_cpu``) = the same number of network calls timed alone (median) / the
   pipeline's wall (CPU) seconds (1: decoding costs nothing), ``cores_busy``.
 * ``shares``: decoding vs network CPU seconds per clip-crop.
 * ``targets``: network >= 50 % of the peak (wall and CPU bases), decoding never
-  the bottleneck (after start-up the network waits for decoded clips < 10 % of
-  the time).
+  the bottleneck (after start-up the network sits idle waiting for decoded
+  clips under 10 % of the time).
 
 The machine state is recorded (``load_average`` at start and end): on a shared
 machine wall-clock rates fall with other processes' load while CPU-time rates
@@ -239,8 +239,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
             "threshold": 0.5, "wall": n1["fraction_of_peak"]["wall"], "cpu": n1["fraction_of_peak"]["cpu"],
             "met_wall": n1["fraction_of_peak"]["wall"] >= 0.5, "met_cpu": n1["fraction_of_peak"]["cpu"] >= 0.5},
         "decoding_hidden": {
-            "description": "after the first batch, the network waits for decoded clips under 10 % "
-                           "of the pipeline's wall time",
+            "description": "after the first batch, the network sits idle waiting for decoded clips "
+                           "under 10 % of the pipeline's wall time",
             "threshold": 0.1, "crops1": pipeline["crops1"]["decode_wait_share"],
             "crops10": pipeline["crops10"]["decode_wait_share"],
             "met": max(pipeline["crops1"]["decode_wait_share"],

@@ -58,10 +58,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def run(cfg: ExtractConfig) -> dict:
     """Runs one extraction from a parsed :class:`ExtractConfig`."""
-    try:
-        from clapjax.video import ExtractOptions, extract_videos
-    except ImportError as err:  # PyAV or Pillow missing
-        raise SystemExit(f"error: {err.name}: not installed (python -m pip install -e \".[video]\")")
+    from clapjax.video import ExtractOptions, extract_videos
+
     options = ExtractOptions(crops=cfg.crops, batch_size=cfg.batch_size,
                              conv=None if cfg.conv == "auto" else cfg.conv,
                              weights=cfg.weights, overwrite=cfg.overwrite, progress=not cfg.quiet)

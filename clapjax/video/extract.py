@@ -104,8 +104,9 @@ class ExtractSummary:
       clips: clip-crops computed.
       seconds: wall time of the call.
       timing: ``first_batch_s`` (start-up: decoding the first batch),
-        ``decode_wait_s`` (afterwards, the network side waiting for decoded
-        clips: decoding was the bottleneck) and ``network_wait_s`` (waiting for
+        ``decode_wait_s`` (afterwards, the network idle, every batch in flight
+        computed, while the next clips were still being decoded: decoding was
+        the bottleneck; 20 ms resolution) and ``network_wait_s`` (waiting for
         the network's results).
       manifest: the manifest as written.
     """
@@ -338,6 +339,11 @@ def extract_videos(paths: Sequence[str | Path], out_dir: str | Path,
     if options.batch_size < 1:
         raise ExtractError(f"batch size must be >= 1, got {options.batch_size}")
     start = time.perf_counter()
+    for module, package in (("av", "av"), ("PIL", "pillow")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ExtractError(f"{package}: not installed (python -m pip install -e \".[video]\")") from None
     videos = find_videos(paths)
     # Every video must open before anything is computed or written (fails fast, names the file).
     readers = {v.name: VideoReader(v).open() for v in videos}
@@ -458,14 +464,23 @@ def _run(videos: list[VideoInput], readers: list[VideoReader], out: Path, manife
         # Two batches in flight: the device works on one while the next is filled.
         collect(1)
 
+    def next_item() -> _Decoded:
+        """The next decoded item; counts the time the network sat idle waiting for it."""
+        while True:
+            t = time.perf_counter()
+            try:
+                return q.get(timeout=0.02)
+            except queue.Empty:
+                # A stall only once the batches in flight are computed (before the
+                # first batch it is start-up, reported as first_batch_s).
+                if timing["first_batch_s"] and all(r.is_ready() for r, _ in pending):
+                    timing["decode_wait_s"] += time.perf_counter() - t
+
     worker.start()
     try:
         with progress:
             while True:
-                t = time.perf_counter()
-                item = q.get()
-                if timing["first_batch_s"]:  # the wait for the first batch is start-up, not a stall
-                    timing["decode_wait_s"] += time.perf_counter() - t
+                item = next_item()
                 if item.kind == "clip":
                     for k in range(crops):
                         buf[len(slots)] = item.crops[k]
