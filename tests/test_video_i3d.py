@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # --- building blocks ---------------------------------------------------------
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(t=st.integers(1, 9), hw=st.integers(3, 11), k=st.sampled_from([(3, 3, 3), (7, 7, 7), (1, 3, 3), (2, 1, 1)]),
        s=st.sampled_from([(1, 1, 1), (2, 2, 2), (1, 2, 2)]), seed=st.integers(0, 2**16))
 def test_fold_conv_equals_3d_conv(t, hw, k, s, seed):
@@ -48,7 +48,7 @@ def test_fold_conv_equals_3d_conv(t, hw, k, s, seed):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(t=st.integers(1, 9), hw=st.integers(1, 11), w=st.sampled_from([(3, 3, 3), (1, 3, 3), (2, 2, 2)]),
        s=st.sampled_from([(1, 1, 1), (2, 2, 2), (1, 2, 2)]), seed=st.integers(0, 2**16))
 def test_shifted_max_pool_equals_reduce_window(t, hw, w, s, seed):
