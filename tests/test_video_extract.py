@@ -208,6 +208,17 @@ def test_resume_skips_finished(tmp_path, stub):
     assert not list(out.glob("*.tmp"))
 
 
+def test_manifest_read_by_the_data_layer(tmp_path, stub):
+    from clapjax.data import read_manifest as data_read_manifest
+
+    frames = _write_frames(tmp_path / "in" / "ped", 37)
+    _run([CLIP, frames], tmp_path / "out", stub)
+    entries = data_read_manifest(tmp_path / "out" / "manifest.json")
+    assert (entries[CLIP_NAME].frames, entries[CLIP_NAME].segments, entries[CLIP_NAME].dropped,
+            entries[CLIP_NAME].fps) == (40, 2, 8, 30.0)
+    assert (entries["ped"].frames, entries["ped"].segments, entries["ped"].dropped) == (37, 2, 5)
+
+
 def test_other_settings_refused(tmp_path, stub):
     _run([CLIP], tmp_path / "out", stub, crops=1)
     with pytest.raises(ExtractError, match=r"other settings \(crop_names, crops\).*--overwrite"):
