@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from clapjax.video.decode import (
@@ -42,7 +40,6 @@ from clapjax.video.decode import (
     CROP_MODES,
     CROP_SIZE,
     SHORT_SIDE,
-    VideoError,
     VideoInput,
     VideoReader,
     crop_clip,

@@ -13,15 +13,16 @@ so each unit is one convolution plus bias and ReLU.
 
 The 3-D convolutions are the cost (55.6 GFLOP per 16x224x224 clip, 70 % of it
 in 3x3x3 kernels and 24 % in the stem). ``conv="xla"`` hands them to
-``lax.conv_general_dilated`` as 3-D convolutions (right for GPU/TPU, where the
-vendor libraries implement 3-D convolutions well). ``conv="fold"`` is the CPU
-path: XLA:CPU runs 3-D convolutions through a slow generic loop, but 2-D
-convolutions and matmuls through tuned libraries (Eigen, YNNPACK), so the
-``kt`` temporal taps of each kernel are stacked along the channel axis
-(``[B·T', H, W, kt·C]``) and the convolution becomes one 2-D convolution with a
-``[kh, kw, kt·C, O]`` kernel. Both compute the same sums (differences are
-float32 rounding of the summation order). ``1x1x1`` convolutions are matmuls
-(``jnp.dot``) on every backend, and the three ``1x1x1`` branches of an
+``lax.conv_general_dilated`` as 3-D convolutions, the path for GPU/TPU, whose
+convolution libraries take 3-D kernels directly. ``conv="fold"`` is the CPU
+path: XLA:CPU's 3-D convolutions ran the whole network at about a fifth of the
+matmul peak on the development machine (``experiments.bench_extract``), its 2-D
+convolutions much faster, so the ``kt`` temporal taps of each kernel are
+stacked along the channel axis (``[B·T', H, W, kt·C]``) and the convolution
+becomes one 2-D convolution with a ``[kh, kw, kt·C, O]`` kernel (the network
+then ran 2.9x faster per CPU-second). Both compute the same sums (differences
+are float32 rounding of the summation order). ``1x1x1`` convolutions are
+matmuls (``jnp.dot``) on every backend, and the three ``1x1x1`` branches of an
 Inception module that read the same input are one matmul.
 ``default_conv()`` picks ``fold`` on CPU and ``xla`` elsewhere.
 
