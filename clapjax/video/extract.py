@@ -192,21 +192,19 @@ def _write_manifest(out: Path, manifest: dict) -> None:
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
+    """An exclusive OS lock on ``out/.extract.lock`` (``filelock``: ``flock`` on POSIX)."""
+    import filelock
+
+    lock = filelock.FileLock(str(out / LOCK_FILE), timeout=0)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory locks
+        lock.acquire()
+    except filelock.Timeout:
+        raise ExtractError(f"{out}: another extraction is writing to this folder "
+                           f"(wait for it, or choose another --out)") from None
+    try:
         yield
-        return
-    with open(out / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ExtractError(f"{out}: another extraction is writing to this folder "
-                               f"(wait for it, or choose another --out)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _finished(out: Path, manifest: dict, name: str, crops: int) -> bool:
