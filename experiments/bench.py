@@ -98,6 +98,10 @@ def _requested_devices(argv: list[str], default: int = 2) -> int:
 
 # Only when run as a command: JAX reads JAX_PLATFORMS and XLA_FLAGS once, at start-up.
 if __name__ == "__main__":
+    if _requested(sys.argv[1:], "--cores", "") and hasattr(os, "sched_setaffinity"):
+        # XLA:CPU and PyTorch size their thread pools to the cores this process may use.
+        _cores = sorted(os.sched_getaffinity(0))[: int(_requested(sys.argv[1:], "--cores", "0"))]
+        os.sched_setaffinity(0, _cores)
     if _requested(sys.argv[1:], "--device", "cpu") == "cpu":
         # On a machine with an accelerator, --device cpu must still measure the CPU.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -503,7 +507,8 @@ def variants_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: 
 PEER_NETWORKS = ("paper", "reference")
 
 
-def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: int, log) -> dict:
+def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: int, log,
+                  peak_shapes: list[tuple[int, int, int]] | None = None) -> dict:
     """clapjax's vmap engine against the released code's loop in PyTorch, same work.
 
     For each K in ``size.peer_ks`` the ``rows`` segments are split evenly over
@@ -519,6 +524,9 @@ def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: i
     Returns ``{"skipped": reason}`` when PyTorch is not installed.
     """
     reason = bench_torch.unavailable_reason()
+    if reason is None and jax.default_backend() != "cpu":
+        reason = (f"the PyTorch peer is a CPU build, JAX runs on {jax.default_backend()}: compare them with "
+                  "--device cpu")
     if reason is not None:
         log(f"pytorch peer skipped: {reason}")
         return {"skipped": reason}
@@ -527,6 +535,8 @@ def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: i
     threads = thread_counts()
     torch.set_num_threads(threads["xla_intra_op_threads"])
     threads = thread_counts()
+    # PyTorch's own matmul rate with these threads (its BLAS, not XLA's): what its loop can reach.
+    torch_peak = bench_torch.matmul_peak(peak_shapes) if peak_shapes else None
     n_rows, dim = features.shape[0], features.shape[2]
     results, ratios = [], {}
     with RssSampler() as mem:
@@ -567,7 +577,8 @@ def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: i
     return {"ks": list(size.peer_ks), "segments": int(n_rows), "batch": batch, "dropout": True,
             "train_options": "TrainOptions.preset('reference') (SGD lr 0.01, no L2, split order, "
                              "FedAvg by segment counts)",
-            "threads": threads, "results": results, "ratio_clapjax_over_pytorch": ratios,
+            "threads": threads, "pytorch_matmul_peak": torch_peak, "results": results,
+            "ratio_clapjax_over_pytorch": ratios,
             "memory": mem.summary(features.nbytes)}
 
 
@@ -876,6 +887,7 @@ def _run(args: argparse.Namespace, log, platform_name: str) -> dict:
         "load_average": {"start": list(os.getloadavg()), "end": None, "waited_s": waited},
         "config": {"size": dataclasses.asdict(size), "network": args.network, "batch": args.batch,
                    "backends": list(args.backends), "groups": list(args.groups), "devices_requested": args.devices,
+                   "cores_requested": args.cores,
                    "pl_data_dir": args.data_dir is not None},
     }
     log(f"clapjax bench ({args.size}): {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
@@ -920,7 +932,7 @@ def _run(args: argparse.Namespace, log, platform_name: str) -> dict:
             report["ragged"]["elapsed_s"] = time.perf_counter() - t
         if "pytorch" in args.groups:
             t = time.perf_counter()
-            peer = report["pytorch"] = pytorch_group(features, labels, size, args.batch, log)
+            peer = report["pytorch"] = pytorch_group(features, labels, size, args.batch, log, peak_shapes)
             peer["elapsed_s"] = time.perf_counter() - t
         del features
     if "many" in args.groups:
@@ -1005,6 +1017,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-precision", choices=PRECISIONS, default="float32",
                    help="jax.default_matmul_precision of every float32 dot (tensorfloat32 / bfloat16 change "
                         "accelerator dots only; data and parameters stay float32)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="run on this many cores (CPU affinity, set when run as a command): XLA and PyTorch "
+                        "then both compute with that many threads (default: all cores)")
     p.add_argument("--network", choices=("paper", "reference"), default="paper")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))

@@ -123,6 +123,25 @@ def params_from_torch(state: dict, options: ModelOptions) -> dict:
             for name, (w, b) in _torch_names(options).items()}
 
 
+def matmul_peak(shapes: Sequence[tuple[int, int, int]], repeats: int = 7) -> dict:
+    """Best-of-``repeats`` float32 FLOP/s of ``torch.mm`` (PyTorch's own BLAS) per shape, and the max."""
+    import time
+
+    import torch
+
+    per_shape = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
+    return {"per_shape_flops_per_s": per_shape, "best_flops_per_s": max(per_shape.values())}
+
+
 class TorchPeer:
     """The released code's federated round loop in PyTorch, on clapjax's benchmark data.
 
