@@ -10,6 +10,7 @@ be a static argument of ``jax.jit``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 Magnitude = Literal["l2_of_mean", "mean_sq_norm"]
@@ -116,14 +117,26 @@ class PseudoLabelOptions:
                 raise ValueError(
                     f"PseudoLabelOptions.{name}={value!r}; valid: {', '.join(choices)}"
                 )
-        for name in ("beta", "plr_beta"):
+        for name in ("diag_zero_value", "beta", "plr_beta", "plr_iou_threshold", "var_floor", "alpha"):
             value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"PseudoLabelOptions.{name}={value!r} must be in [0, 1]")
+            if value is None and name == "alpha":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"PseudoLabelOptions.{name} must be a finite number, got {value!r}")
+        for name in ("beta", "plr_beta"):
+            # β = 0 makes an empty window: every segment would be labelled normal.
+            value = getattr(self, name)
+            if not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"PseudoLabelOptions.{name}={value!r} must be in (0, 1]")
+        if not 0.0 <= self.plr_iou_threshold <= 1.0:
+            raise ValueError(f"PseudoLabelOptions.plr_iou_threshold={self.plr_iou_threshold!r} must be in [0, 1]")
         if self.alpha is not None and not 0.0 < float(self.alpha) < 1.0:
             raise ValueError(f"PseudoLabelOptions.alpha={self.alpha!r} must be in (0, 1)")
         if int(self.gmm_max_iter) < 1:
             raise ValueError(f"PseudoLabelOptions.gmm_max_iter={self.gmm_max_iter!r} must be >= 1")
+        if not 0 <= int(self.gmm_seed) <= 2**32 - 1:
+            raise ValueError(f"PseudoLabelOptions.gmm_seed={self.gmm_seed!r} must be in [0, 2**32 - 1] "
+                             "(scikit-learn random_state)")
         if not self.diag_zero_value > 0:
             raise ValueError("PseudoLabelOptions.diag_zero_value must be > 0")
         if not self.var_floor >= 0:

@@ -11,8 +11,11 @@ returns a :class:`ResolvedRun` (the split, the option objects, the workdir).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -33,7 +36,15 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 #: Synthetic data presets (clapjax.data.SyntheticConfig).
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
-PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots")
+PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug")
+#: Dotted config.json paths that may change on an existing run: more rounds
+#: continue from the last checkpoint (fewer than completed are refused).
+EXTENDABLE = ("run.rounds", "resolved.train.rounds")
+
+
+def _unset(metavar: str, meaning: str):
+    """Help of an optional flag: what leaving it unset means, instead of "(default: None)"."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {meaning})")
 #: Flags that only a custom dataset (--dataset custom) takes.
 CUSTOM_ONLY = ("annotations", "test_features_dir", "transductive", "segment_frames",
                "annotation_format", "annotation_convention")
@@ -64,31 +75,31 @@ class RunConfig:
     """Dataset whose structure (videos, lengths, splits, test ground truth) is used; custom: your own (--features-dir, --annotations)."""
     split: Literal["random", "event", "scene"] = "random"
     """Participant split kind (official split files unless --split-file/--generate-split)."""
-    participants: Optional[int] = None
-    """Number of participants K (default: 5 random, 13 event, 11 scene)."""
+    participants: Annotated[Optional[int], _unset("INT", "5 random, 13 event, 11 scene")] = None
+    """Number of participants K."""
     setting: Literal["collaborative", "local", "centralized"] = "collaborative"
     """collaborative (FedAvg rounds), local (every participant alone), centralized (one holder)."""
     variant: Literal["paper", "reference"] = "paper"
     """Preset of every option: the paper's method or the released code's behaviour."""
     aggregator: Literal["fedavg", "fedprox", "scaffold"] = "fedavg"
     """Server aggregation (collaborative setting)."""
-    rounds: Optional[int] = None
-    """Communication rounds (default: the variant's, 10)."""
-    local_epochs: Optional[int] = None
-    """Local epochs per round (default: the variant's, 1)."""
-    features_dir: Optional[Path] = None
-    """Directory of real features (searched recursively: <video>.npy, <video>_i3d.npy, <video>__<crop>.npy, Sultani <video>.txt); synthetic features when absent."""
-    train_list: Optional[Path] = None
+    rounds: Annotated[Optional[int], _unset("INT", "10, from --variant")] = None
+    """Communication rounds. A finished or interrupted run can be extended: re-run it with a larger --rounds."""
+    local_epochs: Annotated[Optional[int], _unset("INT", "1, from --variant")] = None
+    """Local epochs per round."""
+    features_dir: Annotated[Optional[Path], _unset("PATH", "synthetic features")] = None
+    """Directory of real features (searched recursively: <video>.npy, <video>_i3d.npy, <video>__<crop>.npy, Sultani <video>.txt)."""
+    train_list: Annotated[Optional[Path], _unset("PATH", "not used")] = None
     """ucf/xd: a feature .list file (RTFM/UR-DMU/XDVioDet paths) or, with --train-array, the released CLAP code's path,start,end list. custom: the training videos (names or paths, one per line)."""
-    test_list: Optional[Path] = None
+    test_list: Annotated[Optional[Path], _unset("PATH", "not used")] = None
     """The test videos (names, paths or a feature .list; ucf/xd: a subset of the test table, numbers then not comparable to the paper's). custom default: every annotated video with features."""
-    train_array: Optional[Path] = None
+    train_array: Annotated[Optional[Path], _unset("PATH", "not used")] = None
     """ucf/xd: one concatenated training feature array (S, [crops,] D), rows per video from the --train-list path,start,end list."""
-    test_array: Optional[Path] = None
+    test_array: Annotated[Optional[Path], _unset("PATH", "not used")] = None
     """ucf/xd: one concatenated test feature array, rows from the --test-list path,start,end list."""
     feature_layout: Literal["auto", "segments-first", "crops-first"] = "auto"
     """Axis order of 3-D per-video files: (segments, crops, D) or (crops, segments, D); auto decides from the known segment counts (table or manifest)."""
-    test_features_dir: Optional[Path] = None
+    test_features_dir: Annotated[Optional[Path], _unset("PATH", "--features-dir")] = None
     """custom: a separate folder of test features (default --features-dir)."""
     annotations: tuple[Path, ...] = ()
     """custom: temporal annotation file(s): Sultani's 'name class s1 e1 s2 e2' text (0-based inclusive), the same with frame counts ('name frames class s1 e1 ...'), or UCSD's .mat (1-based ranges)."""
@@ -100,17 +111,19 @@ class RunConfig:
     """custom: train (unlabelled) on every video of --features-dir, the test videos included."""
     segment_frames: Literal["auto", "clips", "sultani"] = "auto"
     """custom: clips = one feature row per 16-frame clip; sultani = each video compressed to a fixed number of segments (32), mapped to frames through its clips; auto = sultani where the row count is not the clip count of the video's known frame count."""
-    ground_truth: Optional[Path] = None
+    ground_truth: Annotated[Optional[Path], _unset("PATH", "from the annotations")] = None
     """Your own frame ground truth: one concatenated .npy in test-list order, or a folder of <video>.npy; checked against the annotated intervals."""
     ground_truth_check: Literal["error", "warn"] = "error"
     """When --ground-truth disagrees with the annotated intervals (videos named): refuse (error) or warn."""
-    train_segment_labels: Optional[Path] = None
+    train_segment_labels: Annotated[Optional[Path], _unset("PATH", "not logged")] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
+    nonfinite: Literal["error", "drop"] = "error"
+    """Real training features holding NaN/inf: stop with an error naming the video and file, or drop those segments (with a warning). Test features must be finite."""
     preset: Literal["default", "tiny"] = "default"
     """Synthetic data preset (synthetic features only; refused with --features-dir)."""
-    split_file: Optional[Path] = None
+    split_file: Annotated[Optional[Path], _unset("PATH", "the official split")] = None
     """A split JSON in the shipped format (any K)."""
-    videos_per_participant: Optional[int] = None
+    videos_per_participant: Annotated[Optional[int], _unset("INT", "all videos")] = None
     """Quick runs: each participant keeps only its first N anomalous and N normal videos (numbers meaningless)."""
     generate_split: bool = False
     """Generate a clean split from --seed instead of the official file (random: balanced; event: by class name; scene: official scenes)."""
@@ -124,8 +137,8 @@ class RunConfig:
     """Weak supervision: explicit participant indices given true video labels."""
     null_model: Literal["server_mixture", "local"] = "server_mixture"
     """Null model of SPL: the server mixture of all participants' Gaussians (CLAP) or each participant's own Gaussian (ablation without SKA)."""
-    workdir: Optional[Path] = None
-    """Run directory (default: runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>)."""
+    workdir: Annotated[Optional[Path], _unset("PATH", "runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>")] = None
+    """Run directory (locked while a run uses it)."""
     overwrite: bool = False
     """Replace an existing run directory of a different configuration."""
     quiet: bool = False
@@ -134,6 +147,8 @@ class RunConfig:
     """Print JSON lines only (round, stage and summary events) on stdout."""
     plots: bool = False
     """Write PNG plots into <workdir>/plots (needs matplotlib)."""
+    debug: bool = False
+    """Show the Python traceback of an error (otherwise one line: error: <file or video>: <problem> (<hint>))."""
     pl: Annotated[PseudoLabelOverrides, tyro.conf.arg(name="pl")] = PseudoLabelOverrides()
     model: ModelOverrides = ModelOverrides()
     train: TrainOverrides = TrainOverrides()
@@ -306,7 +321,7 @@ def load_split(config: RunConfig, table=None) -> tuple[splits_lib.Split, str]:
                 f"not {k}; use --participants {split.num_participants} (only random splits "
                 f"take any K)"
             )
-        return split, f"{kind}gen"
+        return split, f"{kind}-generated"
     if (kind, k) not in splits_lib.available()[ds]:
         raise ConfigError(
             f"no official {kind} split with {k} participants for {ds}. Valid for {ds}: "
@@ -355,16 +370,57 @@ def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     )
 
 
+#: Option classes -> their command-line group (top-level train fields are plain flags).
+_GROUPS = {"PseudoLabelOptions": "pl", "ModelOptions": "model", "TrainOptions": "train"}
+
+
+def _flag_names(message: str) -> str:
+    """``TrainOptions.lr must be ...`` -> ``--train.lr: must be ...`` (the flag a user types)."""
+    def flag(m: re.Match) -> str:
+        group, field = _GROUPS[m.group(1)], m.group(2)
+        dashed = field.replace("_", "-")
+        return f"--{dashed}" if group == "train" and field in TOP_LEVEL_TRAIN else f"--{group}.{dashed}"
+
+    out = re.sub(r"\b(PseudoLabelOptions|ModelOptions|TrainOptions)\.(\w+)(?:=(\S+?))?[;:]?(?=\s|$)",
+                 lambda m: flag(m) + (f" {m.group(3)}" if m.group(3) else "") + ":", message, count=1)
+    return out
+
+
+def _normalised_paths(config: RunConfig) -> RunConfig:
+    """Absolute, symlink-resolved paths, so a relative and an absolute spelling of one
+    folder are the same run (config.json records these)."""
+    changes = {}
+    for name in _PATH_FLAGS:
+        value = getattr(config, name)
+        if value is not None:
+            changes[name] = _absolute(value)
+    if config.annotations:
+        changes["annotations"] = tuple(_absolute(p) for p in config.annotations)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+#: Path-valued flags (made absolute by ``_normalised_paths``).
+_PATH_FLAGS = ("features_dir", "test_features_dir", "train_list", "test_list", "train_array",
+               "test_array", "ground_truth", "train_segment_labels", "split_file")
+
+
+def _absolute(path) -> Path:
+    out = Path(os.path.abspath(Path(path).expanduser()))
+    with contextlib.suppress(OSError):
+        out = out.resolve()
+    return out
+
+
 def _check_data_flags(config: RunConfig) -> None:
     """Feature, list and annotation flags: existence and valid combinations."""
     for flag in ("features_dir", "test_features_dir", "train_segment_labels"):
         value = getattr(config, flag)
         if value is not None and not Path(value).is_dir():
-            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such directory")
+            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such directory (check the path)")
     for flag in ("train_list", "test_list", "train_array", "test_array", "split_file"):
         value = getattr(config, flag)
         if value is not None and not Path(value).is_file():
-            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such file")
+            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such file (check the path)")
     for path in config.annotations:
         if not Path(path).is_file():
             raise ConfigError(f"--annotations {path}: no such file")
@@ -426,10 +482,13 @@ def validate(config: RunConfig) -> ResolvedRun:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    config = _normalised_paths(config)
     _check_data_flags(config)
     if config.train_segment_labels is not None and uses_synthetic(config):
         raise ConfigError("--train-segment-labels applies to real features (--features-dir); "
                           "synthetic data know their labels")
+    if config.nonfinite != "error" and uses_synthetic(config):
+        raise ConfigError("--nonfinite drop applies to real features (--features-dir); synthetic features are finite")
     if config.preset not in PRESETS:
         raise ConfigError(f"--preset {config.preset!r}; valid: {', '.join(PRESETS)}")
     if config.setting != "collaborative" and config.aggregator != "fedavg":
@@ -453,7 +512,7 @@ def validate(config: RunConfig) -> ResolvedRun:
             segment_frames=config.segment_frames,
             annotation_format=config.annotation_format.replace("-", "_"),
             annotation_convention=config.annotation_convention.replace("-", "_"),
-            name="custom",
+            nonfinite=config.nonfinite, name="custom",
         )
     split, label = load_split(config, None if custom is None else custom.train_table)
     if config.videos_per_participant is not None:
@@ -462,7 +521,7 @@ def validate(config: RunConfig) -> ResolvedRun:
         from clapjax.data import shrink_split
 
         split = shrink_split(split, config.videos_per_participant)
-        label = f"{label}-{config.videos_per_participant}vpp"
+        label = f"{label}-{config.videos_per_participant}-videos-per-participant"
     k = split.num_participants
     weak = np.zeros(k, bool)
     if config.weak_labels and config.weak_participants:
@@ -493,7 +552,7 @@ def validate(config: RunConfig) -> ResolvedRun:
         train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size,
                                                      train.vmap_max_overhead))
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"invalid option: {err}") from None
+        raise ConfigError(_flag_names(str(err))) from None
     if train.plr_start_round is not None and train.plr_start_round >= train.rounds:
         # Not an error: PLR simply never runs. Kept as is, visible in config.json.
         pass

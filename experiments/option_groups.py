@@ -95,6 +95,31 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return out
 
 
+def _show(value: Any) -> str:
+    """A value as typed on the command line (``None`` as the word ``none``)."""
+    if value is None:
+        return NONE_WORD
+    if isinstance(value, tuple):
+        return " ".join(_show(v) for v in value)
+    return str(value)
+
+
+def _metavar(tp: Any) -> str:
+    """What a flag takes, e.g. ``FLOAT``, ``{sgd,adam}``, ``INT|none``."""
+    if _allows_none(tp):
+        return f"{_metavar(_without_none(tp))}|{NONE_WORD}"
+    if tp is bool:
+        return "{True,False}"
+    if tp in _SCALARS:
+        return tp.__name__.upper()
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
+    if origin is tuple:
+        return " ".join(_metavar(a) for a in typing.get_args(tp) if a is not Ellipsis)
+    return "VALUE"
+
+
 def _preset(cls: type, variant: str):
     preset = getattr(cls, "preset", None)
     return preset(variant) if callable(preset) else cls()
@@ -124,11 +149,15 @@ def override_class(cls: type, name: str, *, exclude: tuple[str, ...] = (),
             flag_type = Optional[Union[_without_none(tp), Literal["none"]]]
         else:
             flag_type = Optional[tp]
-        defaults = ", ".join(f"{v}: {getattr(p, f.name)!r}" for v, p in presets.items())
-        text = docs.get(f.name, "").strip()
-        help_text = f"{text} [from --variant when unset; {defaults}]".strip()
-        fields.append((f.name, Annotated[flag_type, tyro.conf.arg(help=help_text)],
-                       dataclasses.field(default=None)))
+        values = {v: getattr(p, f.name) for v, p in presets.items()}
+        shown = [_show(x) for x in values.values()]
+        if len(set(shown)) == 1:
+            hint = f"(default: {shown[0]}, from --variant)"
+        else:
+            hint = "(default from --variant: " + ", ".join(f"{v} {_show(x)}" for v, x in values.items()) + ")"
+        help_text = docs.get(f.name, "").strip()
+        arg = tyro.conf.arg(help=help_text, help_behavior_hint=hint, metavar=_metavar(tp))
+        fields.append((f.name, Annotated[flag_type, arg], dataclasses.field(default=None)))
     group = dataclasses.make_dataclass(name, fields, frozen=True)
     group.__doc__ = f"Overrides of {cls.__module__}.{cls.__qualname__} (unset = variant preset)."
     group.__module__ = __name__

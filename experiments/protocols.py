@@ -257,13 +257,19 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from clapjax.report.rundir import RunDirError
-    from experiments.config import ConfigError
+    """Console entry point: one-line errors with exit status 2 (as ``experiments.run``)."""
+    from experiments.run import describe_error
 
     try:
         main(argv)
-    except (ConfigError, RunDirError, ProtocolError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - describe_error decides what is user-facing
+        message = " ".join(str(e).split()) if isinstance(e, ProtocolError) else describe_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

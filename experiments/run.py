@@ -7,14 +7,24 @@ Example (the paper's event split, 13 participants, synthetic features)::
 Stages: data → statistics → VPL → null model → server mixture → SPL →
 rounds (+PLR) → evaluation (see :mod:`clapjax.pipeline`). Every round appends
 one line to ``<workdir>/metrics.jsonl`` and checkpoints the engine state, so
-re-running the same command resumes; ``--help`` lists every option.
+re-running the same command resumes (a larger ``--rounds`` extends a finished
+run); ``--help`` lists every option.
+
+Inputs are validated before the run directory is created; the directory is
+locked while the run uses it (:mod:`clapjax.report.rundir`). :func:`cli` turns
+every user-facing error into one line ``error: <file, video or option>:
+<problem> (<hint>)`` with exit status 2 (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tyro
 
-from experiments.config import ConfigError, ResolvedRun, RunConfig, validate
+from experiments.config import EXTENDABLE, ConfigError, ResolvedRun, RunConfig, validate
 
 
 @dataclasses.dataclass
@@ -76,7 +86,13 @@ def open_sources(resolved: ResolvedRun):
             return dict(features_dir=c.features_dir, list_file=listing, layout=layout)
         return dict(features_dir=c.features_dir, layout=layout)
 
-    train = data.open_source(c.dataset, "train", videos=used, **origin(c.train_array, c.train_list))
+    if c.features_dir is not None and c.train_list is None and c.train_array is None and not any(
+            f.endswith((".npy", ".txt")) for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
+        raise data.DataError(
+            f"{c.features_dir}: holds no feature files (expected <video>.npy, <video>_i3d.npy, "
+            f"<video>__<crop>.npy or Sultani <video>.txt files, in any subfolder)")
+    train = data.open_source(c.dataset, "train", videos=used, nonfinite=c.nonfinite,
+                             **origin(c.train_array, c.train_list))
     test = data.open_source(c.dataset, "test", videos=test_videos, **origin(c.test_array, c.test_list))
     data.check_compatible(train, test)
     return train, test
@@ -177,30 +193,273 @@ def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: n
     return out
 
 
-def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[str] | None = None,
-            out=None, err=None) -> dict[str, Any]:
-    """Runs (or resumes) one experiment and returns its summary.
+def _source_files(source) -> list[Path] | None:
+    """Per-video files of a feature source (None when it does not say)."""
+    files = getattr(source, "files", None)
+    if files is not None:
+        return [Path(p) for f in files for p in f]
+    path = getattr(source, "path", None)
+    return [Path(path)] if path is not None else None
+
+
+def _video_file(source, name: str) -> Path | None:
+    """The (first) file holding video ``name`` in ``source``, if known."""
+    files = getattr(source, "files", None)
+    try:
+        if files is not None:
+            return Path(files[source.index_of(name)][0])
+    except Exception:  # noqa: BLE001 - best effort, only to name a file in a message
+        return None
+    path = getattr(source, "path", None)
+    return Path(path) if path is not None else None
+
+
+def _train_positions(resolved: ResolvedRun, train_source) -> np.ndarray:
+    from clapjax import pipeline
+
+    order = np.concatenate([np.asarray(p, np.int64) for p in resolved.split.participants])
+    return pipeline._source_positions(train_source, order)
+
+
+def check_inputs(resolved: ResolvedRun, train_source, test_source) -> None:
+    """Cheap checks of everything the run will read, before anything is written:
+    the split's videos exist in the features, the test features match the
+    frame ground truth, the true segment labels (if given) fit the videos.
 
     Raises:
-      ConfigError, clapjax.report.RunDirError: invalid configuration or workdir.
+      clapjax.data.DataError: naming the video and file.
     """
+    from clapjax import data, pipeline
+
+    positions = _train_positions(resolved, train_source)
+    c = resolved.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes are reported when the test set is read
+        data.frame_ground_truth(test_source, c.ground_truth, check=c.ground_truth_check)
+    if c.train_segment_labels is not None:
+        pipeline.read_segment_labels(c.train_segment_labels,
+                                     [train_source.names[int(i)] for i in positions],
+                                     np.asarray(train_source.lengths, np.int64)[positions])
+
+
+def input_fingerprint(resolved: ResolvedRun, train_source, test_source) -> dict | None:
+    """:func:`clapjax.report.rundir.data_fingerprint` of the files the run reads
+    (the split's training videos, every test video, feature lists and arrays,
+    annotations, ground truth, true segment labels, the split file); None for
+    synthetic features (fixed by the code)."""
+    from clapjax.report import rundir as rundir_lib
+
+    c = resolved.config
+    if resolved.synthetic:
+        return None
+    root = Path(c.features_dir) if c.features_dir is not None else None
+    train_files = getattr(train_source, "files", None)
+    if train_files is not None:
+        paths = [Path(p) for i in _train_positions(resolved, train_source) for p in train_files[int(i)]]
+    else:
+        paths = _source_files(train_source)
+    test_paths = _source_files(test_source)
+    if (paths is None or test_paths is None) and root is not None:  # unknown layout: the whole folder
+        paths, test_paths = _walk(root), []
+    files: dict[str, Path] = {}
+
+    def add(path: Path, label: str | None = None) -> None:
+        if label is None and root is not None:
+            with contextlib.suppress(ValueError):
+                label = str(path.relative_to(root))
+        files[label or str(path)] = path
+
+    for p in [*(paths or []), *(test_paths or [])]:
+        add(p)
+    for flag in ("train_list", "test_list", "split_file"):
+        value = getattr(c, flag)
+        if value is not None:
+            add(Path(value), f"<{flag.replace('_', '-')}> {Path(value).name}")
+    for value in c.annotations:
+        add(Path(value), f"<annotations> {Path(value).name}")
+    for flag in ("ground_truth", "train_segment_labels"):
+        value = getattr(c, flag)
+        if value is not None:
+            value = Path(value)
+            for p in (_walk(value) if value.is_dir() else [value]):
+                add(p, f"<{flag.replace('_', '-')}> {p.relative_to(value) if value.is_dir() else p.name}")
+    return rundir_lib.data_fingerprint(files.items())
+
+
+def _walk(folder: Path) -> list[Path]:
+    return [Path(d) / f for d, _, fs in os.walk(folder, followlinks=True) for f in fs]
+
+
+#: Largest float32.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _overflowing_video(features: np.ndarray, lengths: Sequence[int], names: Sequence[str]):
+    """``(name, max |value|)`` of the first video whose squared feature norms overflow
+    float32 (what the statistics and the scorer compute), or None.
+
+    One pass of ``min``/``max`` per video (no temporary copies); the exact
+    squared norms are computed only for videos whose largest value could overflow.
+    """
+    start = 0
+    dim = int(np.prod(features.shape[2:])) if features.ndim > 2 else 1
+    for name, m in zip(names, np.asarray(lengths, np.int64).tolist()):
+        block = features[start:start + m]
+        start += m
+        if block.size == 0:
+            continue
+        biggest = max(abs(float(block.max())), abs(float(block.min())))
+        if biggest * biggest * dim < _F32_MAX:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = np.square(block).sum(axis=-1)
+        if not np.isfinite(sq).all():
+            return name, float(np.nanmax(np.abs(block)))
+    return None
+
+
+def _huge_values_error(source, features, lengths, names, what: str, err: Exception):
+    """A DataError naming the video and file whose values overflow, or None."""
+    from clapjax.data import DataError
+
+    found = _overflowing_video(features, lengths, names)
+    if found is None:
+        return None
+    name, biggest = found
+    file = _video_file(source, name)
+    where = f"video {name!r}" + (f" (file {file})" if file is not None else "")
+    cause = "" if err is None else f"; {type(err).__name__}: {' '.join(str(err).split())[:160]}"
+    return DataError(
+        f"{where}: {what} feature values up to {biggest:.3g} overflow float32 when squared{cause} "
+        f"(I3D features are of order 1: check or rescale this file)"
+    )
+
+
+@contextlib.contextmanager
+def _warnings_to(target):
+    """Python warnings raised inside (e.g. segments dropped by ``--nonfinite drop``)
+    become one-line warnings: ``target.warn(message)`` of a Reporter, or appended
+    to a list to be reported later. Each distinct message once."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text in seen:
+            continue
+        seen.add(text)
+        if isinstance(target, list):
+            target.append(text)
+        else:
+            target.warn(text)
+
+
+def _pseudo_labels_cached(rd, ts, rep):
+    """The cached pseudo-labels of a resumed run, or None (unreadable ones are recomputed)."""
     from clapjax import pipeline
+    from clapjax.report import rundir as rundir_lib
+
+    cache = rd.path / rundir_lib.PSEUDO_LABELS_FILE
+    if not (rd.resumed and cache.exists()):
+        return None
+    try:
+        pl = pipeline.load_pseudo_labels(cache, ts)
+    except Exception as err:  # noqa: BLE001 - any damage (BadZipFile, EOFError, ...) means recompute
+        rep.warn(f"{cache}: unreadable ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                 f"recomputing the pseudo-labels")
+        return None
+    rep.info("pseudo-labels: reused from pseudo_labels.npz")
+    return pl
+
+
+def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[str] | None = None,
+            out=None, err=None) -> dict[str, Any]:
+    """Runs (or resumes, or extends) one experiment and returns its summary.
+
+    Inputs are validated (flags, feature file headers, the split's videos, the
+    test ground truth) before anything is written, so a bad input leaves no
+    run directory. The run directory is locked for the whole run.
+
+    Raises:
+      ConfigError: invalid flags.
+      clapjax.report.RunDirError: the workdir is in use, holds a different
+        run or changed input data, or fewer rounds than it completed.
+      clapjax.data.DataError: bad input data (naming the video and file).
+      OSError: a file that cannot be read or written (e.g. disk full).
+      FloatingPointError: training diverged (non-finite loss).
+    """
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
 
     hooks = hooks or RunHooks()
-    t_start, cpu_start = time.perf_counter(), time.process_time()
+    session = (time.perf_counter(), time.process_time())
     resolved = validate(config)
-    mode = "json" if config.json else ("quiet" if config.quiet else "normal")
-    rep = progress_lib.Reporter(mode, out, err)
+    config = resolved.config  # paths normalised
+    caught: list[str] = []
+    with _warnings_to(caught):
+        train_source, test_source = open_sources(resolved)
+        check_inputs(resolved, train_source, test_source)
+    fingerprint = input_fingerprint(resolved, train_source, test_source)
     record = {"format": rundir_lib.FORMAT_VERSION, **resolved.record(),
               "features": _features_description(resolved),
               "command": list(argv) if argv is not None else None,
               "environment": rundir_lib.environment()}
-    rd = rundir_lib.prepare(resolved.workdir, record, overwrite=config.overwrite)
-    done_before = rd.read_metrics()
+    rd = rundir_lib.prepare(resolved.workdir, record, overwrite=config.overwrite,
+                            fingerprint=fingerprint, allowed_changes=EXTENDABLE)
+    mode = "json" if config.json else ("quiet" if config.quiet else "normal")
+    rep = progress_lib.Reporter(mode, out, err)
+    for message in caught:
+        rep.warn(message)
+    try:
+        return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session)
+    finally:
+        rep.close()
+        rd.close()
+
+
+def _extension(rd, total_rounds: int, completed: int) -> tuple[int, int] | None:
+    """``(old, new)`` rounds when this run changes its round count (checked here)."""
+    from clapjax.report import rundir as rundir_lib
+
+    change = dict((path, (old, new)) for path, old, new in rd.changes).get("resolved.train.rounds")
+    if change is None:
+        return None
+    if total_rounds < completed:
+        raise rundir_lib.RunDirError(
+            f"workdir {rd.path}: holds {completed} completed rounds, more than --rounds "
+            f"{total_rounds} (use --rounds {completed} or more to continue it, --overwrite to start "
+            f"again, or choose another --workdir)")
+    return change
+
+
+def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_source, test_source,
+                    session: tuple[float, float]) -> dict[str, Any]:
+    from clapjax import pipeline
+    from clapjax.report import progress as progress_lib
+    from clapjax.report import rundir as rundir_lib
+
+    config = resolved.config
     train_opts = resolved.train
     total_rounds = train_opts.rounds
+    done_before = rd.repair_metrics()
+    extension = _extension(rd, total_rounds, len(done_before))
+    clock = progress_lib.RunClock(done_before[-1].get("elapsed_s", 0.0) if done_before else 0.0,
+                                  start=session[0])
+    rep.clock = clock
+
+    summary = rd.read_summary()
+    if (summary and summary.get("complete") and extension is None and summary.get("rounds") == total_rounds
+            and len(done_before) == total_rounds and (rd.path / rundir_lib.TEST_SCORES_FILE).exists()
+            and (not config.plots or summary.get("plots"))):
+        # A finished run: answer from the run directory (no features are read).
+        rep.info(f"run directory: {rd.path} (finished: {total_rounds} rounds; re-run with a larger "
+                 f"--rounds to extend it)", workdir=str(rd.path), resumed=True, finished=True)
+        rep.final(summary, _final_line(summary, rd.path))
+        return summary
+
     rep.info(
         f"clapjax: {config.dataset} {resolved.split_label} split, K={resolved.num_participants}, "
         f"{config.setting}, variant {config.variant}, {total_rounds} rounds; "
@@ -209,6 +468,9 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     )
     rep.info(f"run directory: {rd.path}" + (f" (resuming after round {len(done_before)})"
                                              if rd.resumed else ""))
+    if extension is not None:
+        rep.info(f"extending the run from {extension[0]} to {extension[1]} rounds",
+                 extended_from=extension[0], rounds=extension[1])
     if resolved.synthetic:
         rep.info("note: synthetic features; numbers are not comparable to the paper's I3D results")
     for note in (resolved.custom.notes if resolved.custom is not None else ()):
@@ -219,30 +481,39 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
-    train_source, test_source = open_sources(resolved)
-    ts = pipeline.load_training_set(train_source, resolved.split, rep,
-                                    segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
+    with _warnings_to(rep):
+        ts = pipeline.load_training_set(train_source, resolved.split, rep,
+                                        segment_labels_dir=config.train_segment_labels)
+    with rep.stage("reading test features"), _warnings_to(rep):
+        # ground-truth notes (unevaluated intervals, --ground-truth-check warn) become warnings
         test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
-    for w in caught:  # ground-truth notes (unevaluated intervals, --ground-truth-check warn)
-        rep.warn(str(w.message))
+    # Values whose squares overflow float32 would surface later as a NaN deep in
+    # the statistics or as saturated test scores: name the video and file now.
+    for source, feats, lengths, names, what in (
+            (train_source, ts.features, ts.lengths, ts.video_names, "training"),
+            (test_source, test.features, test.lengths, test.names, "test")):
+        found = _huge_values_error(source, feats, lengths, names, what, None)
+        if found is not None:
+            raise found
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 
     t0, c0 = time.perf_counter(), time.process_time()
-    cache = rd.path / "pseudo_labels.npz"
-    pl = None
-    if rd.resumed and cache.exists():
-        try:
-            pl = pipeline.load_pseudo_labels(cache, ts)
-            rep.info("pseudo-labels: reused from pseudo_labels.npz")
-        except (ValueError, OSError, KeyError) as e:
-            rep.warn(f"{cache} unusable ({e}); recomputing pseudo-labels")
+    pl = _pseudo_labels_cached(rd, ts, rep)
     if pl is None:
-        pl = pipeline.pseudo_label(ts, resolved.pseudo_labels, weak_videos=resolved.weak_videos(),
-                                   null_mode=config.null_model, progress=rep)
-        pipeline.save_pseudo_labels(cache, pl)
+        try:
+            pl = pipeline.pseudo_label(ts, resolved.pseudo_labels, weak_videos=resolved.weak_videos(),
+                                       null_mode=config.null_model, progress=rep)
+        except (ValueError, FloatingPointError) as err:
+            better = _huge_values_error(train_source, ts.features, ts.lengths, ts.video_names, "training", err)
+            if better is not None:
+                raise better from err
+            raise
+        with rundir_lib.atomic_write(rd.path / rundir_lib.PSEUDO_LABELS_FILE) as fh:
+            pipeline.save_pseudo_labels(fh, pl)
+    for name, note in zip(ts.participant_names, pl.notes):
+        if note:  # a degenerate case of VPL (e.g. nothing to cluster): never silent
+            rep.warn(f"pseudo-labels: participant {name}: {note}")
     pl_report = pseudo_label_report(ts, pl)
     rundir_lib.write_json(rd.path / "pseudo_labels.json", pl_report)
     timing["pseudo_labels_s"] = time.perf_counter() - t0
@@ -265,44 +536,78 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     ckpt = engine.checkpointer
     metrics = done_before
     start = len(metrics)
+    state = engine.init()
     if start:
-        steps = [s for s in ckpt.steps() if s <= start]
-        usable = max(steps, default=0)
+        step, state, skipped = ckpt.restore_latest_readable(state, max_step=start)
+        if skipped:
+            rep.warn("unreadable checkpoint(s) skipped: " + "; ".join(
+                f"{rd.checkpoint_dir / str(s)} ({why})" for s, why in skipped)
+                + f"; resuming from {'round ' + str(step) if step else 'the start'}")
+        usable = step or 0
         if usable < start:
-            rep.warn(f"rounds {usable + 1}..{start} are logged but not checkpointed; redoing them")
+            rep.warn(f"rounds {usable + 1}..{start} are logged but have no readable checkpoint; "
+                     f"redoing them")
             metrics = rd.truncate_metrics(usable)
             start = usable
-    if start > total_rounds:
-        raise rundir_lib.RunDirError(f"{rd.path} holds {start} rounds but the run has {total_rounds}")
-    state = engine.restore(start) if start else engine.init()
+        if start == 0:
+            state = engine.init()
+    if extension is not None:
+        rec = rd.record
+        rec["rounds_history"] = list(rec.get("rounds_history", [])) + [{
+            "from_rounds": extension[0], "to_rounds": extension[1], "continued_from_checkpoint": start,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+        rd.write_config(rec)
 
-    clock = progress_lib.RoundClock(start + 1, total_rounds)
+    round_times = [m.get("time_s") for m in metrics]
+    t_rounds = time.perf_counter()
     ev = None
     for r in range(start, total_rounds):
-        t_round, cpu_round = time.perf_counter(), time.process_time()
-        state, rm = engine.run_round(state)
-        t_eval = time.perf_counter()
-        ev = pipeline.evaluate(engine, state, test)
-        eval_s = time.perf_counter() - t_eval
-        label_q = _label_quality(ts, pipeline.current_labels(engine, state))
-        rec = _round_record(r + 1, rm, ev, label_q, time.perf_counter() - t_round, eval_s,
-                            ts.participant_names)
-        # CPU seconds of this process (all threads): comparable across loaded machines.
-        rec["cpu_s"] = round(time.process_time() - cpu_round, 3)
-        ckpt.save(r + 1, state)
-        rd.append_metrics(rec)
-        metrics = metrics + [rec]
-        rd.write_summary(_summary(resolved, metrics, total_rounds, timing, pl_report, complete=False))
-        rep.round(rec, total_rounds, clock.elapsed(), clock.eta(r + 1))
+        with rep.round_progress(r + 1, total_rounds, progress_lib.RunClock.typical_round(round_times)) as live:
+            t_round, cpu_round = time.perf_counter(), time.process_time()
+            live.phase("local training" + (" + PLR" if engine.plr_active(r) else "")
+                       + ("" if config.setting == "local" else " + aggregation"))
+            try:
+                state, rm = engine.run_round(state)
+            except FloatingPointError as err:
+                better = _huge_values_error(train_source, ts.features, ts.lengths, ts.video_names,
+                                            "training", err)
+                raise (better or FloatingPointError(
+                    f"{' '.join(str(err).split())} (lower --train.lr or --train.server-lr, or check "
+                    f"the features of these participants)")) from err
+            live.phase("evaluating on the test set")
+            t_eval = time.perf_counter()
+            try:
+                ev = pipeline.evaluate(engine, state, test)
+            except FloatingPointError as err:
+                better = _huge_values_error(test_source, test.features, test.lengths, test.names, "test", err)
+                if better is not None:
+                    raise better from err
+                raise
+            eval_s = time.perf_counter() - t_eval
+            label_q = _label_quality(ts, pipeline.current_labels(engine, state))
+            rec = _round_record(r + 1, rm, ev, label_q, time.perf_counter() - t_round, eval_s,
+                                ts.participant_names)
+            # CPU seconds of this process (all threads): comparable across loaded machines.
+            rec["cpu_s"] = round(time.process_time() - cpu_round, 3)
+            # Working time of the run so far, over all its sessions (continues after a resume).
+            rec["elapsed_s"] = round(clock.elapsed(), 3)
+            live.phase("saving the checkpoint")
+            ckpt.save(r + 1, state)
+            rd.append_metrics(rec)
+            metrics = metrics + [rec]
+            round_times.append(rec["time_s"])
+            rd.write_summary(_summary(resolved, metrics, total_rounds, timing, pl_report, complete=False))
+        rep.round(rec, total_rounds, clock.elapsed(), clock.eta(round_times, total_rounds - (r + 1)))
         if hooks.after_round is not None:
             hooks.after_round(r + 1, rec)
     if ev is None:  # nothing left to train: evaluate the restored final state
         ev = pipeline.evaluate(engine, state, test)
     final_scores = ev["scores"]
-    np.save(rd.path / rundir_lib.TEST_SCORES_FILE, np.asarray(final_scores, np.float32))
-    timing["rounds_s"] = clock.elapsed()
-    timing["session_s"] = time.perf_counter() - t_start
-    timing["session_cpu_s"] = time.process_time() - cpu_start
+    rundir_lib.save_npy(rd.path / rundir_lib.TEST_SCORES_FILE, np.asarray(final_scores, np.float32))
+    timing["rounds_s"] = time.perf_counter() - t_rounds
+    timing["session_s"] = time.perf_counter() - session[0]
+    timing["session_cpu_s"] = time.process_time() - session[1]
+    timing["elapsed_s"] = clock.elapsed()
     summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True)
     if config.plots:
         with rep.stage("plots"):
@@ -319,8 +624,10 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
 
     s = rundir_lib.best_and_final(metrics)
     c = resolved.config
+    names = list(resolved.split.participant_names)
     if resolved.config.setting == "local" and metrics:
-        s["final"]["auc_per_participant"] = metrics[-1].get("auc_per_participant")
+        per = metrics[-1].get("auc_per_participant")
+        s["final"]["auc_per_participant"] = None if per is None else _by_name(names, per)
         s["final"]["note"] = "local setting: mean over the participants' own models"
     spl = pl_report.get("spl")
     return {
@@ -339,13 +646,20 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
         "comparable_to_paper": False if resolved.synthetic else None,
         "pseudo_labels": {
             "vpl_accuracy": pl_report["vpl"]["accuracy"],
-            "vpl_accuracy_per_participant": pl_report["vpl"]["per_participant"],
+            "vpl_accuracy_per_participant": _by_name(pl_report["participants"],
+                                                     pl_report["vpl"]["per_participant"]),
             "spl": None if spl is None else {k: spl[k] for k in ("precision", "recall", "iou")},
-            "weak_participants": [int(k) for k in np.flatnonzero(resolved.weak)],
+            "weak_participants": [resolved.federated_split.participant_names[int(k)]
+                                  for k in np.flatnonzero(resolved.weak)],
         },
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "total_train_seconds": round(sum(m.get("time_s", 0.0) for m in metrics), 2),
     }
+
+
+def _by_name(names: Sequence[str], values: Sequence[Any] | None) -> dict[str, Any] | None:
+    """Per-participant values keyed by participant name (summary.json); None stays None."""
+    return None if values is None else {str(n): v for n, v in zip(names, values)}
 
 
 def _final_line(summary: dict, path: Path) -> str:
@@ -360,9 +674,50 @@ def _final_line(summary: dict, path: Path) -> str:
     return f"{text}; run directory {path}"
 
 
-def parse(argv: Sequence[str] | None = None) -> RunConfig:
-    """Parses command-line arguments into a :class:`RunConfig` (tyro)."""
-    return tyro.cli(RunConfig, args=argv, prog="python -m experiments.run")
+class UsageError(ValueError):
+    """A command line that tyro could not parse (unknown flag, bad value)."""
+
+
+def _condense_usage(text: str) -> str:
+    """tyro's error message (boxed on a terminal, plain otherwise) as one line:
+    the section after the title, without borders, separators and help text."""
+    import re
+
+    before, body, started = [], [], False
+    for raw in text.splitlines():
+        line = raw.strip().strip("╭╮╰╯│|").strip()
+        if not line:
+            continue
+        if re.fullmatch(r"[-─━]+", line.replace(" ", "")):  # a separator
+            if body:
+                break  # the rest is help text
+            started = True
+            continue
+        if re.match(r"^(─+|━+|-{2,})\s*\S", line):  # a top border holding the title
+            started = True
+            continue
+        (body if started else before).append(line)
+    words = " ".join(body or before).split(" Got errors:")[0]  # tyro's per-type attempts
+    return f"{words or 'invalid command line'} (see python -m experiments.run --help)"
+
+
+def parse(argv: Sequence[str] | None = None, *, one_line_errors: bool = False) -> RunConfig:
+    """Parses command-line arguments into a :class:`RunConfig` (tyro).
+
+    Args:
+      one_line_errors: raise :class:`UsageError` with tyro's message on one
+        line instead of tyro printing its box and exiting.
+    """
+    if not one_line_errors:
+        return tyro.cli(RunConfig, args=argv, prog="python -m experiments.run")
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            return tyro.cli(RunConfig, args=argv, prog="python -m experiments.run")
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        raise UsageError(_condense_usage(buf.getvalue())) from None
 
 
 def main(argv: Sequence[str] | None = None, *, hooks: RunHooks | None = None) -> dict[str, Any]:
@@ -371,19 +726,80 @@ def main(argv: Sequence[str] | None = None, *, hooks: RunHooks | None = None) ->
     return execute(parse(argv), hooks=hooks, argv=argv)
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: clear one-line errors and exit status 2 for bad input."""
+#: errno -> what the user can do about it.
+_OS_HINTS = {
+    "ENOSPC": "free disk space, then re-run the same command: the run resumes from its last complete round",
+    "EDQUOT": "free disk space (quota), then re-run the same command: the run resumes",
+    "EACCES": "check the permissions of that path, or choose another --workdir",
+    "EPERM": "check the permissions of that path, or choose another --workdir",
+    "EROFS": "the file system is read-only: choose another --workdir",
+    "ENOENT": "check the path",
+    "ENOTDIR": "a part of the path is a file, not a folder: check the path",
+    "EISDIR": "the path is a folder, not a file: check the path",
+    "EIO": "the disk reported an input/output error: check the disk, then re-run to resume",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_error(err: BaseException) -> str | None:
+    """The one-line message (``<file, video or option>: <problem> (<hint>)``) of a
+    user-facing error, or None for a bug (which keeps its traceback).
+
+    User-facing: bad flags (ConfigError, UsageError), run directory problems
+    (RunDirError), bad data (DataError, ValueError from the data checks,
+    damaged files: EOFError, BadZipFile), file and disk errors (OSError),
+    diverged training (FloatingPointError) and running out of memory.
+    """
+    import errno
+    import zipfile
+
     from clapjax.data import DataError
     from clapjax.report.rundir import RunDirError
 
+    if isinstance(err, (ConfigError, UsageError, RunDirError, DataError)):
+        return _one_line(err)
+    if isinstance(err, OSError):
+        code = errno.errorcode.get(err.errno or -1, "")
+        hint = _OS_HINTS.get(code, "re-run with --debug for the traceback")
+        what = err.strerror or _one_line(err) or type(err).__name__
+        name = err.filename if err.filename is not None else None
+        where = f"{name}: " if name is not None else ""
+        if err.filename2 is not None:
+            where = f"{err.filename} -> {err.filename2}: "
+        return f"{where}{_one_line(what)} ({hint})"
+    if isinstance(err, MemoryError):
+        return ("out of memory (fewer participants or videos per run, --train.streaming True, "
+                "or a machine with more memory)")
+    if isinstance(err, FloatingPointError):
+        text = _one_line(err)
+        return text if text.endswith(")") else f"{text} (lower --train.lr, or check the features)"
+    if isinstance(err, (ValueError, EOFError, zipfile.BadZipFile)):
+        text = _one_line(err) or type(err).__name__
+        return text if text.endswith(")") else f"{text} (re-run with --debug for the traceback)"
+    return None
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: one-line errors with exit status 2 for bad input
+    (``--debug`` adds the traceback); 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
-        main(argv)
-    except (ConfigError, RunDirError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        execute(parse(argv, one_line_errors=True), argv=argv)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - describe_error decides what is user-facing
+        message = describe_error(err)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

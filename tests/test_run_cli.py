@@ -23,8 +23,12 @@ def test_help_runs_as_a_module():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     for flag in ("--split", "--participants", "--setting", "--variant", "--aggregator",
-                 "--features-dir", "--weak-labels", "--pl.beta", "--train.lr", "--model.dropout-rate"):
+                 "--features-dir", "--weak-labels", "--pl.beta", "--train.lr", "--model.dropout-rate",
+                 "--nonfinite", "--debug"):
         assert flag in res.stdout
+    # Unset optional flags say what unset means, never "(default: None)".
+    assert "(default: None)" not in res.stdout and "{None}" not in res.stdout
+    assert "(default: 5 random, 13 event, 11 scene)" in res.stdout
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -72,7 +76,7 @@ def test_defaults_and_workdir_name():
     assert ref.pseudo_labels.entropy == "diag_reference" and ref.train.plr_start_round is None
     assert ref.model.attention is False
     gen = validate(run.parse(["--generate-split", "--participants", "7", "--seed", "3"]))
-    assert gen.num_participants == 7 and gen.workdir.name == "ucf-randomgen-7-collaborative-paper-seed3"
+    assert gen.num_participants == 7 and gen.workdir.name == "ucf-random-generated-7-collaborative-paper-seed3"
 
 
 def test_split_file_and_centralized(tmp_path):
@@ -89,7 +93,8 @@ def test_split_file_and_centralized(tmp_path):
 def test_refuses_a_different_config_on_an_existing_workdir(tmp_path):
     wd = tmp_path / "wd"
     first = validate(run.parse(TINY + ["--workdir", str(wd)]))
-    rundir.prepare(wd, {"format": rundir.FORMAT_VERSION, **first.record()})
+    with rundir.prepare(wd, {"format": rundir.FORMAT_VERSION, **first.record()}) as rd:
+        rd.append_metrics({"round": 1, "auc": 0.5})  # work that a new configuration would lose
     with pytest.raises(rundir.RunDirError, match=r"run.variant: 'paper' -> 'reference'"):
         run.main(TINY + ["--workdir", str(wd), "--variant", "reference"])
     foreign = tmp_path / "foreign"
@@ -142,7 +147,7 @@ def test_end_to_end_every_setting_and_variant(setting, variant, tmp_path, capsys
         events = [json.loads(line) for line in out.splitlines()]
         assert {"stage", "round", "summary"} <= {e["event"] for e in events}
         assert pl["video_labels_used"]["per_participant"][0] == 1.0  # weak participant 0
-        assert summary["pseudo_labels"]["weak_participants"] == [0]
+        assert summary["pseudo_labels"]["weak_participants"] == ["p0"]  # by name
     else:
         assert out.count("\n") == 1 and out.startswith("final AUC")
     rec = metrics[0]

@@ -460,7 +460,15 @@ def _index_dir(features_dir: Path) -> dict[str, list[Path]]:
     if not features_dir.is_dir():
         raise DataError(f"features directory not found: {features_dir}")
     index: dict[str, list[Path]] = {}
-    for root, _, files in os.walk(features_dir):
+    seen: set[str] = set()
+    # Symlinked subfolders (e.g. train/ -> /data/ucf/train) are followed; a
+    # link cycle is walked once.
+    for root, dirs, files in os.walk(features_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         for f in files:
             if f.endswith((".npy", ".txt")):
                 index.setdefault(f, []).append(Path(root) / f)

@@ -51,7 +51,8 @@ def npy_header(path: str | Path, video: str) -> tuple[tuple[int, ...], np.dtype]
                 # Versions 2.0 and 3.0 share the header layout (3.0 allows
                 # utf8 field names, irrelevant for numeric features).
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    except ValueError as err:
+            offset = fh.tell()
+    except (ValueError, EOFError) as err:
         raise DataError(f"{_where(video, path)}: not a valid .npy file ({err})") from None
     if dtype.hasobject:
         raise DataError(
@@ -60,6 +61,14 @@ def npy_header(path: str | Path, video: str) -> tuple[tuple[int, ...], np.dtype]
         )
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise DataError(f"{_where(video, path)}: field dtype {dtype} is not a real number type")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        # np.load(mmap_mode="r") would fail later with "mmap length is greater than file size".
+        raise DataError(
+            f"{_where(video, path)}: truncated: its header says shape {tuple(shape)} {dtype} "
+            f"({expected} bytes) but the file has {size} bytes (copy or extract it again)"
+        )
     return tuple(int(d) for d in shape), dtype
 
 
@@ -121,8 +130,8 @@ def finite_rows(
     if nonfinite == "error":
         raise DataError(
             f"{_where(video, file)}: {bad.size} segment(s) hold NaN or inf, first at "
-            f"segment {int(bad[0])}. Fix the features, or pass nonfinite='drop' to drop "
-            "such segments (training features only)."
+            f"segment {int(bad[0])} (fix the features, or drop such segments: --nonfinite drop "
+            "on the command line, nonfinite='drop' in open_source; training features only)"
         )
     if bad.size == ok.size:
         raise DataError(f"{_where(video, file)}: every segment holds NaN or inf")

@@ -55,5 +55,33 @@ class RoundCheckpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+    def restore_latest_readable(self, like: Any, max_step: int | None = None
+                                ) -> tuple[int | None, Any, list[tuple[int, str]]]:
+        """Restores the newest checkpoint that can be read, skipping unreadable ones.
+
+        A checkpoint directory damaged after it was written (a disk error, a
+        file deleted or truncated by hand) makes orbax raise; the previous
+        round's checkpoint is then used instead, and the caller redoes the
+        rounds after it.
+
+        Args:
+          like: a state of the right structure (e.g. a fresh ``Engine.init()``).
+          max_step: ignore checkpoints after this step (default: all).
+
+        Returns:
+          ``(step, state, skipped)``: the restored step (None and ``like`` when
+          no checkpoint is readable) and ``(step, reason)`` of each newer
+          checkpoint that was skipped, newest first.
+        """
+        skipped: list[tuple[int, str]] = []
+        steps = sorted((s for s in self.steps() if max_step is None or s <= max_step), reverse=True)
+        for step in steps:
+            try:
+                return step, self.restore(step, like), skipped
+            except Exception as err:  # orbax/tensorstore raise many types for damaged files
+                reason = " ".join(f"{type(err).__name__}: {err}".split())
+                skipped.append((step, reason[:300]))
+        return None, like, skipped
+
     def close(self) -> None:
         self._manager.close()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 Aggregator = Literal["fedavg", "fedprox", "scaffold"]
 Backend = Literal["vmap", "loop", "sharded"]
 Setting = Literal["collaborative", "local", "centralized"]
+
+#: Largest seed: ``seed + 1`` seeds the dropout keys and numpy seeds must be
+#: non-negative, so seeds are unsigned 32-bit values below 2**32 - 1.
+SEED_MAX = 2**32 - 2
 
 _CHOICES = {
     "optimizer": ("sgd", "adam"),
@@ -123,14 +128,25 @@ class TrainOptions:
                      "stream_chunk_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainOptions.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.vmap_max_overhead >= 1.0:
-            raise ValueError(f"TrainOptions.vmap_max_overhead must be >= 1, got {self.vmap_max_overhead}")
-        for name in ("lr", "server_lr"):
+        if isinstance(self.vmap_max_overhead, bool) or not (
+                isinstance(self.vmap_max_overhead, (int, float)) and self.vmap_max_overhead >= 1.0):
+            raise ValueError(f"TrainOptions.vmap_max_overhead must be a number >= 1, got {self.vmap_max_overhead!r}")
+        for name in ("lr", "momentum", "l2", "mu", "server_lr", "server_b1", "server_b2", "server_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"TrainOptions.{name} must be a finite number, got {value!r}")
+        for name in ("lr", "server_lr", "server_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainOptions.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("momentum", "l2", "mu"):
+        for name in ("l2", "mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainOptions.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("momentum", "server_b1", "server_b2"):
+            # Moment decay rates: 1 (or more) never forgets, so updates grow without bound.
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TrainOptions.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= int(self.seed) <= SEED_MAX:
+            raise ValueError(f"TrainOptions.seed must be in [0, {SEED_MAX}], got {self.seed}")
         if self.plr_start_round is not None and self.plr_start_round < 0:
             raise ValueError(f"TrainOptions.plr_start_round must be >= 0 or None, got {self.plr_start_round}")
 
