@@ -12,6 +12,8 @@ Reported (JSON to stdout):
 
 * ``hlo``: XLA's cost analysis of the compiled vmap round per network (its
   scanned step): matmul FLOPs and bytes accessed per step.
+* ``matmul_gflop_per_cpu_s``: plain float32 matmuls of the step's shapes,
+  ``jnp.dot`` against ``torch.mm`` (PyTorch's own BLAS), per CPU second.
 * ``dots``: GFLOP per CPU second of the step's first-layer matmul shapes, K
   participants batched (as vmap runs them) and one participant alone:
   forward ``[B, D] @ [D, H]`` and weight gradient ``[D, B] @ [B, H]``.
@@ -90,6 +92,23 @@ def dots(k: int, dim: int, batch: int, width: int) -> dict:
             "weight_gradient_one_gflop_per_cpu_s": fl / cpu_seconds(wgr_1, x, g) / 1e9}
 
 
+def matmuls(shapes: list[tuple[int, int, int]]) -> dict:
+    """GFLOP per CPU second of ``jnp.dot`` (XLA) and, when installed, ``torch.mm`` (PyTorch's BLAS)."""
+    out = {}
+    for m, k, n in shapes:
+        a = jax.random.normal(jax.random.key(0), (m, k))
+        b = jax.random.normal(jax.random.key(1), (k, n))
+        row = {"jax": 2.0 * m * k * n / cpu_seconds(jax.jit(jnp.dot), a, b) / 1e9}
+        if bench_torch.unavailable_reason() is None:
+            import torch
+
+            torch.set_num_threads(1)
+            ta, tb = torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b))
+            row["torch"] = 2.0 * m * k * n / cpu_seconds(torch.mm, ta, tb) / 1e9
+        out[f"{m}x{k}x{n}"] = row
+    return out
+
+
 def update(k: int, dim: int, width: int) -> dict:
     w = jax.random.normal(jax.random.key(1), (k, dim, width))
     g = jax.random.normal(jax.random.key(2), (k, dim, width))
@@ -153,6 +172,8 @@ def main(argv=None) -> dict:
     report = {"threads": {"cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                           "xla_flags": os.environ.get("XLA_FLAGS", "")},
               "hlo": {n: hlo_costs(n, args.k, args.dim, args.batch) for n in ("paper", "reference")},
+              "matmul_gflop_per_cpu_s": matmuls([(args.batch, args.dim, 512), (args.dim, args.batch, 512),
+                                                 (1024, 1024, 1024)]),
               "dots": dots(args.k, args.dim, args.batch, 512),
               "update": update(args.k, args.dim, 512),
               "rounds": rounds(args.k, args.rows, args.dim, args.batch, args.repeats,
