@@ -103,7 +103,7 @@ def matmuls(shapes: list[tuple[int, int, int]]) -> dict:
             import torch
 
             torch.set_num_threads(1)
-            ta, tb = torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b))
+            ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))  # writable copies
             row["torch"] = 2.0 * m * k * n / cpu_seconds(torch.mm, ta, tb) / 1e9
         out[f"{m}x{k}x{n}"] = row
     return out
