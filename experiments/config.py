@@ -337,23 +337,25 @@ def load_split(config: RunConfig, table=None) -> tuple[splits_lib.Split, str]:
 AUTO_LOOP_OVERHEAD = 1.5
 
 
-def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 128) -> float:
+def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 128,
+                  max_overhead: float = 1.5) -> float:
     """Work of the vmap backend over the real work of ``split``: every participant
-    of a step-count group (``clapjax.engine.data.step_groups``) runs the
-    group's largest number of steps."""
-    from clapjax.engine.data import group_work, step_groups, steps_per_epoch
+    of a step-count group (``clapjax.engine.data.adaptive_step_groups``, as the
+    engine forms them) runs the group's largest number of steps."""
+    from clapjax.engine.data import adaptive_step_groups, group_work, steps_per_epoch
 
     steps = steps_per_epoch(split.segment_counts(), batch_size)
-    return group_work(steps, step_groups(steps, vmap_groups)) / max(int(steps.sum()), 1)
+    return group_work(steps, adaptive_step_groups(steps, vmap_groups, max_overhead)) / max(int(steps.sum()), 1)
 
 
-def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128) -> str:
+def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128,
+                   max_overhead: float = 1.5) -> str:
     """Resolves ``auto``: vmap, unless even its step-count groups would pad the
     participants to over ``AUTO_LOOP_OVERHEAD`` times the real work (then the
     Python loop over participants does less work)."""
     if backend != "auto":
         return backend
-    return "loop" if vmap_overhead(split, vmap_groups, batch_size) > AUTO_LOOP_OVERHEAD else "vmap"
+    return "loop" if vmap_overhead(split, vmap_groups, batch_size, max_overhead) > AUTO_LOOP_OVERHEAD else "vmap"
 
 
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
@@ -547,7 +549,8 @@ def validate(config: RunConfig) -> ResolvedRun:
         if config.local_epochs is not None:
             fixed["local_epochs"] = config.local_epochs
         train = option_groups.resolve(TrainOptions, config.variant, config.train, **fixed)
-        train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size))
+        train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size,
+                                                     train.vmap_max_overhead))
     except (ValueError, TypeError) as err:
         raise ConfigError(_flag_names(str(err))) from None
     if train.plr_start_round is not None and train.plr_start_round >= train.rounds:

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clapjax import model as model_lib
 from clapjax.engine import local
-from clapjax.engine.data import BatchPlan, step_groups
+from clapjax.engine.data import BatchPlan, adaptive_step_groups
 from clapjax.engine.local import ClientContext, ClientFns, ClientOutput
 from clapjax.engine.options import TrainOptions
 from clapjax.model import ModelOptions
@@ -75,7 +75,7 @@ def compile_key(opts: TrainOptions) -> TrainOptions:
     executor's host loop) reset, so engines differing only in them share
     compiled functions."""
     return dataclasses.replace(
-        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1,
+        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1, vmap_max_overhead=1.5,
         setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1)
 
 
@@ -274,7 +274,7 @@ class Executor:
         Exactly one of ``features_device`` (in-memory path) and
         ``features_host`` (streaming path) is given. ``groups`` (vmap backend,
         in-memory path): participant index groups, one call each (default:
-        ``step_groups`` of the plan with ``opts.vmap_groups``).
+        ``adaptive_step_groups`` of the plan with ``opts.vmap_groups``).
         """
         if self.backend == "loop":
             return self._train_loop(start_params, rngs, labels, controls, server_control, plan,
@@ -299,7 +299,7 @@ class Executor:
                       features_device, groups) -> ClientOutput:
         steps = plan.step_valid.sum(axis=1)
         if groups is None:
-            groups = step_groups(steps, self.opts.vmap_groups)
+            groups = adaptive_step_groups(steps, self.opts.vmap_groups, self.opts.vmap_max_overhead)
         outputs = []
         for idx in groups:
             sub = tuple(a[idx, : max(1, int(steps[idx].max()))] for a in plan)

@@ -262,13 +262,15 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
     cost = np.full((g_max + 1, k + 1), inf, np.int64)
     cut = np.zeros((g_max + 1, k + 1), np.int64)
     cost[0, 0] = 0
+    first = np.arange(k)[None, :]       # i: the group sorted[i:j] starts here; its largest is s[i]
+    end = np.arange(1, k + 1)[:, None]  # j
     for g in range(1, g_max + 1):
-        for j in range(1, k + 1):
-            for i in range(j):  # group = sorted[i:j]; its largest is s[i]
-                if cost[g - 1, i] < inf:
-                    c = cost[g - 1, i] + (j - i) * s[i]
-                    if c < cost[g, j]:
-                        cost[g, j], cut[g, j] = c, i
+        prev = cost[g - 1, :k][None, :]
+        cand = np.where((first < end) & (prev < inf), prev + (end - first) * s[None, :], inf)
+        i_best = np.argmin(cand, axis=1)  # the first minimal i, as a loop over i with "<" keeps
+        c_best = cand[np.arange(k), i_best]
+        cost[g, 1:] = np.where(c_best < inf, c_best, inf)
+        cut[g, 1:] = np.where(c_best < inf, i_best, 0)
     best = min(cost[g, k] for g in range(1, g_max + 1))
     g = next(g for g in range(1, g_max + 1) if cost[g, k] <= tolerance * best)
     bounds, j = [], k
@@ -277,6 +279,39 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
         bounds.append((i, j))
         j = i
     return [np.sort(order[i:j]) for i, j in reversed(bounds)]
+
+
+def adaptive_step_groups(steps: np.ndarray, max_groups: int, max_overhead: float = 1.5,
+                         limit: int = 64) -> list[np.ndarray]:
+    """:func:`step_groups` with at most ``max_groups`` groups, or more when that
+    still pads the work beyond ``max_overhead``.
+
+    Very ragged splits (many participants of widely different sizes, e.g. a
+    random split of UCF-Crime into 500: 113 to 61,261 segments each) need more
+    groups to keep the padded work near the real work: the cap doubles (up to
+    ``limit`` and K) until the padded / real work is at most ``max_overhead``.
+    Splits that ``max_groups`` groups already serve are grouped exactly as by
+    ``step_groups(steps, max_groups)``, and ``max_groups=1`` always gives one group.
+
+    Args:
+      steps: ``[K]`` valid steps per participant.
+      max_groups: the usual cap (``TrainOptions.vmap_groups``).
+      max_overhead: padded / real work above which more groups are allowed
+        (``TrainOptions.vmap_max_overhead``).
+      limit: never more groups than this (each group is a call and a compilation).
+    Returns:
+      as :func:`step_groups`.
+    """
+    steps = np.asarray(steps, np.int64)
+    cap = max(1, int(max_groups))
+    groups = step_groups(steps, cap)
+    if cap == 1:  # one call, whatever the padding (vmap_groups=1)
+        return groups
+    real = max(int(steps.sum()), 1)
+    while group_work(steps, groups) > max_overhead * real and cap < min(limit, steps.size):
+        cap = min(2 * cap, limit, steps.size)
+        groups = step_groups(steps, cap)
+    return groups
 
 
 def group_work(steps: np.ndarray, groups: Sequence[np.ndarray]) -> int:

@@ -137,9 +137,9 @@ class Engine:
         self.num_rows = max(int(counts.max(initial=0)), 1)
         self.num_steps = data_lib.plan_steps(counts, opts.batch_size, opts.local_epochs)
         # vmap backend: groups of similar step counts (fixed: counts and epochs are).
-        self.groups = data_lib.step_groups(
+        self.groups = data_lib.adaptive_step_groups(
             np.concatenate([data_lib.steps_per_epoch(counts, opts.batch_size) * opts.local_epochs,
-                            np.zeros(self.num_padded - k, np.int64)]), opts.vmap_groups)
+                            np.zeros(self.num_padded - k, np.int64)]), opts.vmap_groups, opts.vmap_max_overhead)
         self.weights = server_lib.participant_weights(counts, opts.weighting, self.num_padded)
         self.control_weights = server_lib.control_weights(counts, self.num_padded)
         # Scoring gathers [K, chunk, C, D] at a time: keep it under stream_chunk_bytes.

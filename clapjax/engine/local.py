@@ -172,10 +172,15 @@ def client_fns(model_options: ModelOptions, opts: TrainOptions) -> ClientFns:
             grads = jax.tree.map(jnp.add, grads, ctx.correction)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_penalty = state.penalty if proximal else penalty(params, ctx.anchor, opts)
-        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss, new_penalty)
+        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss, state.penalty)
         # Padding steps must leave every bit of the state untouched.
-        return jax.tree.map(lambda a, b: jnp.where(batch.valid, a, b), new, state)
+        new = jax.tree.map(lambda a, b: jnp.where(batch.valid, a, b), new, state)
+        if proximal:
+            return new
+        # The penalty is read from the *selected* parameters, so that the update has a
+        # single consumer and XLA fuses update and selection into one pass over the
+        # stacked weights (reading the unselected ones kept both alive: two more passes).
+        return new._replace(penalty=jnp.where(batch.valid, penalty(new.params, ctx.anchor, opts), state.penalty))
 
     def final(state: ClientState, ctx: ClientContext, control: Any, server_control: Any) -> ClientOutput:
         steps = state.steps
