@@ -33,7 +33,7 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 #: Synthetic data presets (clapjax.data.SyntheticConfig).
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
-PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots")
+PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "memory_budget")
 
 PseudoLabelOverrides = option_groups.override_class(PseudoLabelOptions, "PseudoLabelOverrides")
 ModelOverrides = option_groups.override_class(ModelOptions, "ModelOverrides")
@@ -73,6 +73,10 @@ class RunConfig:
     """Local epochs per round (default: the variant's, 1)."""
     features_dir: Optional[Path] = None
     """Directory of real I3D features; synthetic features when absent."""
+    crops: Literal["keep", "mean"] = "keep"
+    """Crops of each segment: keep (score every crop and average the crop probabilities, as the paper and released code) or mean (one averaged feature per segment: crops x less memory and compute)."""
+    memory_budget: Optional[str] = None
+    """Memory the run may use, e.g. 12GiB (default: half the RAM, at most 90 percent of what is free). Features are held in memory only if the run fits; otherwise streamed from disk chunk by chunk (same numbers). --train.streaming True/False forces either."""
     train_segment_labels: Optional[Path] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
     preset: Literal["default", "tiny"] = "default"
@@ -120,6 +124,7 @@ class ResolvedRun:
       weak: ``[K] bool`` participants given their true video labels.
       workdir: the run directory.
       split_label: short name of the split (workdir, reports).
+      memory_budget: bytes the run may use (``--memory-budget`` or the default).
     """
 
     config: RunConfig
@@ -131,6 +136,7 @@ class ResolvedRun:
     weak: np.ndarray
     workdir: Path
     split_label: str
+    memory_budget: int = 0
 
     @property
     def num_participants(self) -> int:
@@ -287,6 +293,13 @@ def validate(config: RunConfig) -> ResolvedRun:
             f"--aggregator {config.aggregator} needs --setting collaborative "
             f"({config.setting} training has no server aggregation)"
         )
+    from clapjax import resources
+
+    try:
+        budget = (resources.default_memory_budget() if config.memory_budget in (None, "auto")
+                  else resources.parse_bytes(config.memory_budget))
+    except ValueError as err:
+        raise ConfigError(f"--memory-budget: {err}") from None
     if config.quiet and config.json:
         raise ConfigError("--quiet and --json exclude each other")
     if config.plots and importlib.util.find_spec("matplotlib") is None:
@@ -335,4 +348,4 @@ def validate(config: RunConfig) -> ResolvedRun:
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
     return ResolvedRun(config=config, split=run_split, federated_split=split,
                        pseudo_labels=pseudo, model=model, train=train, weak=weak,
-                       workdir=workdir, split_label=label)
+                       workdir=workdir, split_label=label, memory_budget=budget)

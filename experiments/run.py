@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tyro
 
+from clapjax.resources import ResourceError
 from experiments.config import ConfigError, ResolvedRun, RunConfig, validate
 
 
@@ -49,11 +50,11 @@ def open_sources(resolved: ResolvedRun):
 
     c = resolved.config
     if c.features_dir is not None:
-        return (data.open_source(c.dataset, "train", features_dir=c.features_dir),
-                data.open_source(c.dataset, "test", features_dir=c.features_dir))
+        return (data.open_source(c.dataset, "train", features_dir=c.features_dir, crops=c.crops),
+                data.open_source(c.dataset, "test", features_dir=c.features_dir, crops=c.crops))
     cfg = data.SyntheticConfig.preset(c.preset)
-    return (data.open_source(c.dataset, "train", synthetic=cfg),
-            data.open_source(c.dataset, "test", synthetic=cfg))
+    return (data.open_source(c.dataset, "train", synthetic=cfg, crops=c.crops),
+            data.open_source(c.dataset, "test", synthetic=cfg, crops=c.crops))
 
 
 def pseudo_label_report(ts, pl) -> dict[str, Any]:
@@ -150,19 +151,25 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     from clapjax import pipeline
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
+    from experiments import preflight
 
     hooks = hooks or RunHooks()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     resolved = validate(config)
     mode = "json" if config.json else ("quiet" if config.quiet else "normal")
     rep = progress_lib.Reporter(mode, out, err)
+    # Preflight before anything is read or written: sources open on file
+    # headers only; the plan says in memory or streaming, or refuses.
+    train_source, test_source = open_sources(resolved)
+    plan = preflight.check(resolved, train_source, test_source)
     record = {"format": rundir_lib.FORMAT_VERSION, **resolved.record(),
               "features": _features_description(resolved),
+              "resources": plan.record(),
               "command": list(argv) if argv is not None else None,
               "environment": rundir_lib.environment()}
     rd = rundir_lib.prepare(resolved.workdir, record, overwrite=config.overwrite)
     done_before = rd.read_metrics()
-    train_opts = resolved.train
+    train_opts = resolved.train.replace(streaming=not plan.in_memory)
     total_rounds = train_opts.rounds
     rep.info(
         f"clapjax: {config.dataset} {resolved.split_label} split, K={resolved.num_participants}, "
@@ -174,14 +181,15 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
                                              if rd.resumed else ""))
     if resolved.synthetic:
         rep.info("note: synthetic features; numbers are not comparable to the paper's I3D results")
+    rep.info(plan.describe(), resources=plan.record())
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
-    train_source, test_source = open_sources(resolved)
     ts = pipeline.load_training_set(train_source, resolved.split, rep,
-                                    segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"):
-        test = pipeline.load_test_set(test_source)
+                                    segment_labels_dir=config.train_segment_labels,
+                                    in_memory=plan.in_memory)
+    with rep.stage("reading test features" if plan.in_memory else "opening test features"):
+        test = pipeline.load_test_set(test_source, in_memory=plan.in_memory)
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 
@@ -259,6 +267,7 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     timing["session_s"] = time.perf_counter() - t_start
     timing["session_cpu_s"] = time.process_time() - cpu_start
     summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True)
+    summary["resources"] = plan.record()
     if config.plots:
         with rep.stage("plots"):
             summary["plots"] = [str(p.relative_to(rd.path)) for p in _write_plots(resolved, rd, metrics, test, final_scores)]
@@ -332,7 +341,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     try:
         main(argv)
-    except (ConfigError, RunDirError) as e:
+    except (ConfigError, RunDirError, ResourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
