@@ -162,3 +162,16 @@ def test_synthetic_source_reads_through_the_source():
     np.testing.assert_array_equal(store[:], packed)
     rows = np.array([5, 0, 40, 3])
     np.testing.assert_array_equal(store[rows], packed[rows])
+
+
+@pytest.mark.parametrize("layout, dtype", [("video", np.float16), ("crops", np.float32), ("video", np.float32)])
+def test_conversions_in_bounded_pieces_are_the_same_bits(tmp_path, monkeypatch, layout, dtype):
+    from clapjax.data import store as store_lib
+
+    monkeypatch.setattr(store_lib, "RAW_CHUNK_BYTES", 100)  # a few rows per conversion
+    src = _source(tmp_path, layout, dtype, "mean")
+    packed, _ = src.read_many(np.arange(5))
+    store = PackedFeatures(src, io_threads=1)
+    assert store[:].tobytes() == packed.tobytes()
+    rows = np.array([0, 0, 3, 3, 3, 20, 4, 5, 6, 7, 27, 27])  # repeats and runs
+    assert store[rows].tobytes() == packed[rows].tobytes()

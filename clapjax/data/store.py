@@ -51,6 +51,8 @@ __all__ = ["PackedFeatures", "RowPiece", "npy_data_layout", "row_range"]
 
 #: Default number of reader threads.
 IO_THREADS = 8
+#: Largest temporary of stored rows when they need a conversion (dtype, crop mean).
+RAW_CHUNK_BYTES = 16 << 20
 
 
 class RowPiece(NamedTuple):
@@ -195,6 +197,12 @@ class _Reader:
                 if not cached:
                     os.close(fd)
             return
+        # Conversions go through a temporary of the stored rows: bound it.
+        step = max(1, RAW_CHUNK_BYTES // (self.file_crops(pieces) * self.feature_dim * p0.dtype.itemsize))
+        if count > step:
+            for a in range(0, count, step):
+                self._video_rows(v, start + a, min(step, count - a), out[a : a + step])
+            return
         # The same expressions as the sources' crop handling (bitwise equal reads).
         if len(pieces) == 1:
             raw = self._raw(p0, start, count)
@@ -213,6 +221,10 @@ class _Reader:
         for p in pieces:
             out[:, c : c + p.crops] = self._raw(p, start, count)
             c += p.crops
+
+    @staticmethod
+    def file_crops(pieces) -> int:
+        return sum(p.crops for p in pieces)
 
     def _fallback_video(self, v: int) -> np.ndarray:
         cache = self._fallback
