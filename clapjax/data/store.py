@@ -308,21 +308,21 @@ class PackedFeatures:
         ``feature_dim``, ``names``; ``row_pieces(i)`` for direct row reads).
       videos: source positions of the packed videos, in packing order
         (default: all, in source order).
-      io_threads: reader threads.
+      io_threads: reader threads (default ``IO_THREADS``).
 
     Attributes:
       shape: ``(S, crops, D)``; dtype: float32.
       lengths: ``[N] int64`` segments per packed video.
     """
 
-    def __init__(self, source: Any, videos: ArrayLike | None = None, *, io_threads: int = IO_THREADS,
+    def __init__(self, source: Any, videos: ArrayLike | None = None, *, io_threads: int | None = None,
                  _reader: _Reader | None = None, _range: tuple[int, int] | None = None):
         if _reader is None:
             vids = (np.arange(len(source.names), dtype=np.int64) if videos is None
                     else np.asarray(videos, np.int64).reshape(-1))
             if vids.size and (vids.min() < 0 or vids.max() >= len(source.names)):
                 raise IndexError(f"video positions must be in [0, {len(source.names)})")
-            _reader = _Reader(source, vids, io_threads)
+            _reader = _Reader(source, vids, IO_THREADS if io_threads is None else io_threads)
         self._reader = _reader
         total = int(_reader.offsets[-1])
         self._lo, self._hi = _range if _range is not None else (0, total)
