@@ -233,7 +233,9 @@ class _Sampler(threading.Thread):
 
 def run_cli(argv: list[str], workdir: Path, nice: int, log) -> dict:
     """Runs ``python -m experiments.run ARGV --json`` and measures it."""
-    cmd = (["nice", "-n", str(nice)] if nice else []) + [sys.executable, "-m", "experiments.run", *argv,
+    # ``nice`` is the child's niceness, not an increment on top of ours.
+    more = max(0, nice - os.nice(0))
+    cmd = (["nice", "-n", str(more)] if more else []) + [sys.executable, "-m", "experiments.run", *argv,
                                                          "--workdir", str(workdir), "--json"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     load0 = os.getloadavg()
@@ -411,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--compare-crops", choices=("keep", "mean"), default=None,
                    help="also run this crop mode streaming and in memory and compare the numbers")
     r.add_argument("--skip-full", action="store_true", help="skip the full-size streaming run")
-    r.add_argument("--nice", type=int, default=10)
+    r.add_argument("--nice", type=int, default=10, help="niceness of the measured runs")
     r.add_argument("--disk-probe-bytes", type=int, default=4 << 30)
     r.add_argument("--reader-probe-bytes", type=int, default=4 << 30)
     r.add_argument("--probe-repeats", type=int, default=3)
