@@ -10,6 +10,7 @@ Typical use::
     split = splits.load("ucf", "event", 13)
     feats, layout = train.read_many(split.participants[0])   # [S, crops, D], Layout
     gt = data.frame_ground_truth(test)                       # [16 * S_test] uint8
+    store = data.PackedFeatures(train, split.participants[0])   # [S, crops, D], read on demand
 """
 
 from clapjax.data.groundtruth import (
@@ -28,6 +29,7 @@ from clapjax.data.sources import (
     read_list_file,
     true_segment_labels,
 )
+from clapjax.data.store import PackedFeatures
 from clapjax.data.synthetic import SyntheticConfig, SyntheticSource, shrink_split
 from clapjax.data.validation import DataError, check_participants
 
@@ -37,6 +39,7 @@ __all__ = [
     "DataError",
     "FeatureSource",
     "NpyFilesSource",
+    "PackedFeatures",
     "SourceBase",
     "SyntheticConfig",
     "SyntheticSource",
