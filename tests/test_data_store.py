@@ -41,6 +41,18 @@ def _write_layout(tmp, layout, dtype):
             np.save(tmp / f"{n}.npy", np.asfortranarray(f.astype(dtype)))
             files.append([tmp / f"{n}.npy"])
         return files, names
+    if layout == "crops_first":
+        files = []
+        for n, f in zip(names, feats):
+            np.save(tmp / f"{n}_i3d.npy", np.ascontiguousarray(f.transpose(1, 0, 2)).astype(dtype))
+            files.append([tmp / f"{n}_i3d.npy"])
+        return files, names
+    if layout == "text":
+        files = []
+        for n, f in zip(names, feats):
+            np.savetxt(tmp / f"{n}.txt", f[:, 0].astype(dtype))
+            files.append([tmp / f"{n}.txt"])
+        return files, names
     if layout == "crops":
         files = []
         for n, f in zip(names, feats):
@@ -64,10 +76,12 @@ def _source(tmp, layout, dtype, crops):
     spec, names = _write_layout(tmp, layout, dtype)
     if layout == "concatenated":
         return ConcatenatedSource(spec[0], spec[1], names, "ucf", "train", crops=crops)
+    if layout == "crops_first":
+        return NpyFilesSource(spec, names, "ucf", "train", crops=crops, layout="crops_first")
     return NpyFilesSource(spec, names, "ucf", "train", crops=crops)
 
 
-LAYOUTS = ["video", "video2d", "crops", "concatenated", "fortran"]
+LAYOUTS = ["video", "video2d", "crops", "crops_first", "concatenated", "fortran", "text"]
 DTYPES = [np.float32, np.float16, np.float64, ">f4"]
 
 
@@ -80,7 +94,7 @@ def test_store_reads_equal_source_reads(tmp_path, layout, dtype, crops):
     packed, _ = src.read_many(order)
     store = PackedFeatures(src, order, io_threads=3)
     assert store.shape == packed.shape and store.dtype == np.float32
-    assert (src.row_pieces(0) is None) == (layout == "fortran")
+    assert (src.row_pieces(0) is None) == (layout in ("fortran", "text"))
     np.testing.assert_array_equal(store[:], packed)  # bitwise (assert_array_equal: exact)
     assert store[:].tobytes() == packed.tobytes()
     rng = np.random.default_rng(1)

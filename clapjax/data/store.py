@@ -211,7 +211,13 @@ class _Reader:
             else:
                 out[...] = raw
             return
+        if self.mode == "mean" and len({p.path for p in pieces}) == 1:
+            # Crops of one array (crops-first file): the array's mean.
+            raw = np.concatenate([self._raw(p, start, count) for p in pieces], axis=1)
+            out[...] = raw.mean(axis=1, keepdims=True, dtype=np.float32)
+            return
         if self.mode == "mean":
+            # One file per crop: the sources accumulate crop after crop.
             acc = np.zeros((count, self.feature_dim), np.float32)
             for p in pieces:
                 acc += self._raw(p, start, count)[:, 0]
