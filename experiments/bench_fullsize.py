@@ -59,8 +59,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_features(out: str | Path, dataset: str = "ucf", crops: int = 10, feature_dim: int = 2048,
-                   preset: str = "default", parts=("train", "test"), log=None, **overrides) -> dict:
+                   preset: str = "default", parts=("train", "test"), log=None, videos: dict | None = None,
+                   **overrides) -> dict:
     """Writes every video of ``parts`` as ``<out>/<part>/<video>_i3d.npy`` ``(m, crops, D)`` float32.
+
+    ``videos`` (part -> table indices) restricts a part to those videos.
 
     The values are the synthetic generator's (``SyntheticConfig.preset(preset,
     crops=..., feature_dim=..., **overrides)``), so a run on these files is a
@@ -77,7 +80,7 @@ def write_features(out: str | Path, dataset: str = "ucf", crops: int = 10, featu
     out = Path(out)
     t0, files, nbytes = time.perf_counter(), 0, 0
     for part in parts:
-        src = data.open_source(dataset, part, synthetic=cfg)
+        src = data.open_source(dataset, part, synthetic=cfg, videos=(videos or {}).get(part))
         folder = out / part
         folder.mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(src.names):

@@ -18,10 +18,12 @@ SMALL = ["--split", "random", "--participants", "2", "--videos-per-participant",
 
 @pytest.fixture(scope="module")
 def features_dir(tmp_path_factory):
-    """Every UCF video as <video>_i3d.npy (m, 2, 8) float32 at its real length
-    (the test ground truth needs real lengths): ~55 MB."""
+    """The used training videos and every test video as <video>_i3d.npy
+    (m, 2, 8) float32 at their real lengths (the test ground truth needs them)."""
     out = tmp_path_factory.mktemp("features")
-    write_features(out, crops=2, feature_dim=8, preset="tiny", max_segments=None, rank=4)
+    split = validate(RunConfig(split="random", participants=2, videos_per_participant=2)).split
+    write_features(out, crops=2, feature_dim=8, preset="tiny", max_segments=None, rank=4,
+                   videos={"train": np.concatenate(split.participants)})
     return out
 
 
@@ -84,7 +86,8 @@ def test_preflight_refuses_before_writing_anything(features_dir, tmp_path, capsy
 
 def test_crops_mean_is_recorded_and_averages_crops(features_dir, tmp_path):
     wd = tmp_path / "mean"
-    summary = run.main(["--features-dir", str(features_dir), *SMALL[:-3], "--rounds", "1", "--quiet",
+    summary = run.main(["--features-dir", str(features_dir), "--split", "random", "--participants", "2",
+                        "--videos-per-participant", "2", "--rounds", "1", "--variant", "reference", "--quiet",
                         "--crops", "mean", "--workdir", str(wd)])
     config = json.loads((wd / "config.json").read_text())
     assert config["run"]["crops"] == "mean"
