@@ -189,3 +189,22 @@ def test_conversions_in_bounded_pieces_are_the_same_bits(tmp_path, monkeypatch, 
     assert store[:].tobytes() == packed.tobytes()
     rows = np.array([0, 0, 3, 3, 3, 20, 4, 5, 6, 7, 27, 27])  # repeats and runs
     assert store[rows].tobytes() == packed[rows].tobytes()
+
+
+def test_a_dropped_store_releases_its_threads_and_files(tmp_path):
+    import gc
+    import threading
+
+    src = _source(tmp_path, "video", np.float32, "keep")
+    before = threading.active_count()
+    store = PackedFeatures(src, io_threads=4)
+    store[:]
+    assert threading.active_count() > before
+    fds = dict(store._reader._fds)
+    assert fds
+    del store
+    gc.collect()
+    assert threading.active_count() == before
+    for fd in fds.values():
+        with pytest.raises(OSError):
+            os.fstat(fd)

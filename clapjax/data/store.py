@@ -39,6 +39,7 @@ import concurrent.futures
 import os
 import resource
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -108,6 +109,14 @@ def _read_exact(fd: int, buf: np.ndarray, offset: int, path: str) -> None:
         done += n
 
 
+def _release(pool: concurrent.futures.ThreadPoolExecutor, fds: dict, lock: threading.Lock) -> None:
+    pool.shutdown(wait=True)
+    with lock:
+        for fd in fds.values():
+            os.close(fd)
+        fds.clear()
+
+
 class _Reader:
     """Shared state of a store and its views: source, packing, files, threads."""
 
@@ -129,6 +138,8 @@ class _Reader:
         self.io_threads = max(1, int(io_threads))
         self._pool = concurrent.futures.ThreadPoolExecutor(self.io_threads, thread_name_prefix="clapjax-io")
         self._fallback = threading.local()
+        # Threads and descriptors go when the store does (or at close()).
+        self._finalizer = weakref.finalize(self, _release, self._pool, self._fds, self._lock)
 
     # ------------------------------------------------------------ metadata
     def pieces(self, v: int):
@@ -156,11 +167,7 @@ class _Reader:
         return fd, False
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        self._finalizer()
 
     # ------------------------------------------------------------ reading
     def _raw(self, piece: RowPiece, start: int, count: int) -> np.ndarray:
