@@ -215,3 +215,44 @@ def test_streaming_from_feature_files_equals_in_memory(tmp_path, backend, result
     state3, _ = engine.run_round(streamed)
     assert dict(TRACE_COUNTS) == before
     assert leaves_equal(results[backend][2].server, state3.server)
+
+
+class _CountingStore:
+    """A host row store that counts how many of the arrays it returned are alive."""
+
+    def __init__(self, features):
+        import weakref
+
+        self._f, self._weakref = features, weakref
+        self.shape, self.dtype = features.shape, features.dtype
+        self.alive = 0
+        self.max_alive = 0
+
+    def _gone(self):
+        self.alive -= 1
+
+    def __getitem__(self, index):
+        out = np.array(self._f[index])
+        self.alive += 1
+        self.max_alive = max(self.max_alive, self.alive)
+        self._weakref.finalize(out, self._gone)
+        return out
+
+
+@pytest.mark.parametrize("backend", ["vmap", "loop"])
+def test_streaming_keeps_a_bounded_number_of_chunks_alive(backend):
+    """JAX dispatches asynchronously; the streaming loops wait for the previous
+    chunk, so only a few chunks exist at once, however many the round has."""
+    rng = np.random.default_rng(0)
+    s, d = 4096, 256
+    feats = rng.normal(size=(s, 1, d)).astype(np.float32)
+    store = _CountingStore(feats)
+    data = federated_data(store, (rng.random(s) < 0.3).astype(np.float32),
+                          [np.arange(0, 2048), np.arange(2048, 4096)])
+    mo = ModelOptions(attention=True, hidden=(256, 32))
+    opts = TrainOptions(rounds=1, batch_size=64, backend=backend, plr_start_round=None, streaming=True,
+                        chunk_steps=1)
+    Engine(data, mo, opts).run()
+    assert store.alive == 0
+    # One chunk computing, one queued, one being read (plus one in hand).
+    assert store.max_alive <= 4, store.max_alive

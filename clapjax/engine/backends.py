@@ -264,7 +264,7 @@ class Executor:
     # ------------------------------------------------------------------ train
     def stream_steps(self, features: np.ndarray, participants: int, batch: int) -> int:
         """Steps per streamed chunk: ``chunk_steps`` capped by ``stream_chunk_bytes``."""
-        per_step = participants * batch * int(np.prod(features.shape[1:])) * features.itemsize
+        per_step = participants * batch * int(np.prod(features.shape[1:])) * np.dtype(features.dtype).itemsize
         return int(max(1, min(self.opts.chunk_steps, self.opts.stream_chunk_bytes // max(per_step, 1))))
 
     def train(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
@@ -292,8 +292,8 @@ class Executor:
         state = self._init_all(start_params, rngs)
         tc = self.stream_steps(features_host, plan.rows.shape[0], plan.rows.shape[2])
         for x, p, m, v in stream_chunks(features_host, plan, tc):
-            state = self._chunk_all(state, start_params, labels, controls, server_control,
-                                    *self.put_k((x, p, m, v)))
+            state = _after(state, self._chunk_all(state, start_params, labels, controls, server_control,
+                                                  *self.put_k((x, p, m, v))))
         return self._final_all(state, start_params, labels, controls, server_control)
 
     def _train_groups(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
@@ -336,13 +336,14 @@ class Executor:
         if one:
             state = self._init_one(start_params, rngs)
             for x, p, m, v in stream_chunks(features_host, plan, tc):
-                state = self._chunk_one_x(state, start_params, labels, controls, server_control,
-                                          x[0], p[0], m[0], v[0])
+                state = _after(state, self._chunk_one_x(state, start_params, labels, controls, server_control,
+                                                        x[0], p[0], m[0], v[0]))
             out = self._final_one(state, start_params, labels, controls, server_control)
             return jax.tree.map(lambda a: a[None], out)
         state = self._init_all(start_params, rngs)
         for x, p, m, v in stream_chunks(features_host, plan, tc):
-            state = self._chunk_all(state, start_params, labels, controls, server_control, x, p, m, v)
+            state = _after(state, self._chunk_all(state, start_params, labels, controls, server_control,
+                                                  x, p, m, v))
         return self._final_all(state, start_params, labels, controls, server_control)
 
     def _train_loop(self, start_params, rngs, labels, controls, server_control, plan,
@@ -368,7 +369,8 @@ class Executor:
             else:
                 trimmed = BatchPlan(*(a[:, : max(n_valid, 1)] for a in one))
                 for x, p, m, v in stream_chunks(features_host, trimmed, self.stream_steps(features_host, 1, plan.rows.shape[2])):
-                    state = self._chunk_one_x(state, sp, lab, ctl, server_control, x[0], p[0], m[0], v[0])
+                    state = _after(state, self._chunk_one_x(state, sp, lab, ctl, server_control,
+                                                            x[0], p[0], m[0], v[0]))
             outputs.append(self._final_one(state, sp, lab, ctl, server_control))
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
@@ -385,15 +387,17 @@ class Executor:
                     outs.append(self._score_one(pk, features_device, rows[k]))
                 else:
                     rk = rows[k]
-                    outs.append(jnp.concatenate([
-                        self._score_chunk_one(pk, x)
-                        for x in prefetched(lambda c: features_host[rk[c]], rk.shape[0])]))
+                    parts = []
+                    for x in prefetched(lambda c: features_host[rk[c]], rk.shape[0]):
+                        parts.append(_after(parts[-1] if parts else None, self._score_chunk_one(pk, x)))
+                    outs.append(jnp.concatenate(parts))
             return jnp.stack(outs)
         params = self.put_k(params)
         if features_host is None:
             return self._score_all(params, features_device, self.put_k(rows))
-        outs = [self._score_chunk_all(params, self.put_k(x))
-                for x in prefetched(lambda c: features_host[rows[:, c]], rows.shape[1])]
+        outs = []
+        for x in prefetched(lambda c: features_host[rows[:, c]], rows.shape[1]):
+            outs.append(_after(outs[-1] if outs else None, self._score_chunk_all(params, self.put_k(x))))
         return jnp.concatenate(outs, axis=1)
 
 
@@ -403,6 +407,20 @@ def _pad_steps(a: np.ndarray, t: int) -> np.ndarray:
         return a
     pad = [(0, t - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
     return np.pad(a, pad)
+
+
+def _after(previous, new):
+    """Returns ``new`` once ``previous`` (the last chunk's result) is computed.
+
+    JAX dispatches asynchronously: without this a host loop over streamed
+    chunks would queue every chunk's features (each call keeps its input
+    alive until it runs), i.e. the whole round in memory. Waiting for the
+    previous chunk keeps at most two chunks on the device (one running, one
+    queued) plus the one being read.
+    """
+    if previous is not None:
+        jax.block_until_ready(previous)
+    return new
 
 
 def prefetched(load: Callable[[int], T], n: int) -> Iterator[T]:

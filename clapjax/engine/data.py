@@ -89,7 +89,7 @@ def federated_data(
     if not isinstance(features, np.ndarray) and not is_row_store(features):
         raise TypeError(f"features must be a numpy array, memmap or row store (shape, dtype, "
                         f"store[rows]), got {type(features).__name__}")
-    if features.ndim == 2 and isinstance(features, np.ndarray):
+    if isinstance(features, np.ndarray) and features.ndim == 2:
         features = features.reshape(features.shape[0], 1, features.shape[1])
     if len(features.shape) != 3:
         raise ValueError(f"features must have shape [S, C, D] or [S, D], got {features.shape}")
