@@ -218,9 +218,10 @@ def _status(pid: int) -> dict:
 class _Sampler(threading.Thread):
     """Samples a child's memory and storage reads every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.25):
+    def __init__(self, pid: int, interval: float = 0.25, kill_above: int | None = None):
         super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
+        self.pid, self.interval, self.kill_above = pid, interval, kill_above
+        self.killed = False
         self.peak: dict[str, int] = {}
         self.cached0 = _meminfo("Cached")
         self.cached_peak = self.cached0
@@ -231,11 +232,15 @@ class _Sampler(threading.Thread):
             st = _status(self.pid)
             for k, v in st.items():
                 self.peak[k] = max(self.peak.get(k, 0), v)
+            if self.kill_above and st.get("VmRSS", 0) > self.kill_above and not self.killed:
+                # Protect the machine's other users: a run over the limit is stopped.
+                self.killed = True
+                os.kill(self.pid, 9)
             self.cached_peak = max(self.cached_peak, _meminfo("Cached"))
             time.sleep(self.interval)
 
 
-def run_cli(argv: list[str], workdir: Path, nice: int, log) -> dict:
+def run_cli(argv: list[str], workdir: Path, nice: int, log, kill_above: int | None = None) -> dict:
     """Runs ``python -m experiments.run ARGV --json`` and measures it."""
     # ``nice`` is the child's niceness, not an increment on top of ours.
     more = max(0, nice - os.nice(0))
@@ -245,7 +250,7 @@ def run_cli(argv: list[str], workdir: Path, nice: int, log) -> dict:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    sampler = _Sampler(proc.pid)
+    sampler = _Sampler(proc.pid, kill_above=kill_above)
     sampler.start()
     events = []
     err_lines: list[str] = []
@@ -270,7 +275,8 @@ def run_cli(argv: list[str], workdir: Path, nice: int, log) -> dict:
     sampler.join()
     err_thread.join(timeout=5)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {''.join(err_lines[-20:])}")
+        why = f"resident memory above {kill_above} bytes: stopped" if sampler.killed else ''.join(err_lines[-20:])
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {why}")
     return {"command": cmd, "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "events": events, "ru_maxrss_bytes": usage.ru_maxrss * 1024,
             "sampled_peak_bytes": sampler.peak, "page_cache_growth_bytes": sampler.cached_peak - sampler.cached0,
@@ -361,7 +367,8 @@ def run(args, log) -> dict:
         drop_caches()
         log("full-size run, streaming ...")
         try:
-            res = run_cli(base + ["--train.streaming", "True", "--overwrite"], work / "full", args.nice, log)
+            res = run_cli(base + ["--train.streaming", "True", "--overwrite"], work / "full", args.nice, log,
+                          kill_above=int(args.kill_above_gib * 2**30))
             report["streaming"] = summarise_run(res, disk_bps)
         except RuntimeError as err:
             report["streaming_error"] = str(err)
@@ -373,7 +380,7 @@ def run(args, log) -> dict:
                 drop_caches()
                 log(f"{args.compare}, {access} ...")
                 res = run_cli(cmp_args + ["--train.streaming", flag, "--overwrite"], work / f"cmp_{access}",
-                              args.nice, log)
+                              args.nice, log, kill_above=int(args.kill_above_gib * 2**30))
                 out[access] = summarise_run(res, disk_bps)
             out["comparison"] = _same_numbers(work / "cmp_streaming", work / "cmp_in_memory")
         except RuntimeError as err:
@@ -428,6 +435,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--disk-probe-bytes", type=int, default=4 << 30)
     r.add_argument("--reader-probe-bytes", type=int, default=4 << 30)
     r.add_argument("--probe-repeats", type=int, default=3)
+    r.add_argument("--kill-above-gib", type=float, default=8.0,
+                   help="stop a measured run whose resident memory exceeds this (protects a shared machine)")
     return p
 
 
