@@ -36,7 +36,7 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 #: Synthetic data presets (clapjax.data.SyntheticConfig).
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
-PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug")
+PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug", "memory_budget")
 #: Dotted config.json paths that may change on an existing run: more rounds
 #: continue from the last checkpoint (fewer than completed are refused).
 EXTENDABLE = ("run.rounds", "resolved.train.rounds")
@@ -115,6 +115,10 @@ class RunConfig:
     """Your own frame ground truth: one concatenated .npy in test-list order, or a folder of <video>.npy; checked against the annotated intervals."""
     ground_truth_check: Literal["error", "warn"] = "error"
     """When --ground-truth disagrees with the annotated intervals (videos named): refuse (error) or warn."""
+    crops: Literal["keep", "mean"] = "keep"
+    """Crops of each segment: keep (score every crop and average the crop probabilities, as the paper and released code) or mean (one averaged feature per segment: crops x less memory and compute)."""
+    memory_budget: Annotated[Optional[str], _unset("SIZE", "half the RAM, at most 90 percent of what is free")] = None
+    """Memory the run may use, e.g. 12GiB. Features are held in memory only if the run fits; otherwise streamed from disk chunk by chunk (same numbers). --train.streaming True/False forces either."""
     train_segment_labels: Annotated[Optional[Path], _unset("PATH", "not logged")] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
     nonfinite: Literal["error", "drop"] = "error"
@@ -167,6 +171,7 @@ class ResolvedRun:
       weak: ``[K] bool`` participants given their true video labels.
       workdir: the run directory.
       split_label: short name of the split (workdir, reports).
+      memory_budget: bytes the run may use (``--memory-budget`` or the default).
     """
 
     config: RunConfig
@@ -179,6 +184,7 @@ class ResolvedRun:
     workdir: Path
     split_label: str
     custom: Any = None
+    memory_budget: int = 0
 
     @property
     def num_participants(self) -> int:
@@ -496,6 +502,13 @@ def validate(config: RunConfig) -> ResolvedRun:
             f"--aggregator {config.aggregator} needs --setting collaborative "
             f"({config.setting} training has no server aggregation)"
         )
+    from clapjax import resources
+
+    try:
+        budget = (resources.default_memory_budget() if config.memory_budget in (None, "auto")
+                  else resources.parse_bytes(config.memory_budget))
+    except ValueError as err:
+        raise ConfigError(f"--memory-budget: {err}") from None
     if config.quiet and config.json:
         raise ConfigError("--quiet and --json exclude each other")
     if config.plots and importlib.util.find_spec("matplotlib") is None:
@@ -509,7 +522,7 @@ def validate(config: RunConfig) -> ResolvedRun:
             config.features_dir, annotations=config.annotations, train_list=config.train_list,
             test_list=config.test_list, test_features_dir=config.test_features_dir,
             transductive=config.transductive, layout=config.feature_layout.replace("-", "_"),
-            segment_frames=config.segment_frames,
+            segment_frames=config.segment_frames, crops=config.crops,
             annotation_format=config.annotation_format.replace("-", "_"),
             annotation_convention=config.annotation_convention.replace("-", "_"),
             nonfinite=config.nonfinite, name="custom",
@@ -561,4 +574,4 @@ def validate(config: RunConfig) -> ResolvedRun:
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
     return ResolvedRun(config=config, split=run_split, federated_split=split,
                        pseudo_labels=pseudo, model=model, train=train, weak=weak,
-                       workdir=workdir, split_label=label, custom=custom)
+                       workdir=workdir, split_label=label, custom=custom, memory_budget=budget)

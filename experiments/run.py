@@ -73,18 +73,18 @@ def open_sources(resolved: ResolvedRun):
     test_videos = None if c.test_list is None else data.read_video_list(c.test_list)
     if resolved.synthetic:
         cfg = data.SyntheticConfig.preset(c.preset)
-        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used),
-                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos))
+        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used, crops=c.crops),
+                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos, crops=c.crops))
     layout = c.feature_layout.replace("-", "_")
 
     def origin(array, listing) -> dict:
         if array is not None:
-            return dict(concatenated=array, ranges=listing)
+            return dict(concatenated=array, ranges=listing, crops=c.crops)
         from experiments.config import _is_feature_list
 
         if _is_feature_list(listing):
-            return dict(features_dir=c.features_dir, list_file=listing, layout=layout)
-        return dict(features_dir=c.features_dir, layout=layout)
+            return dict(features_dir=c.features_dir, list_file=listing, layout=layout, crops=c.crops)
+        return dict(features_dir=c.features_dir, layout=layout, crops=c.crops)
 
     if c.features_dir is not None and c.train_list is None and c.train_array is None and not any(
             f.endswith((".npy", ".txt")) for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
@@ -393,18 +393,23 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     """
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
+    from experiments import preflight
 
     hooks = hooks or RunHooks()
     session = (time.perf_counter(), time.process_time())
     resolved = validate(config)
     config = resolved.config  # paths normalised
     caught: list[str] = []
+    # Preflight before anything is written: sources open on file headers
+    # only; the plan says in memory or streaming, or refuses.
     with _warnings_to(caught):
         train_source, test_source = open_sources(resolved)
         check_inputs(resolved, train_source, test_source)
+    plan = preflight.check(resolved, train_source, test_source)
     fingerprint = input_fingerprint(resolved, train_source, test_source)
     record = {"format": rundir_lib.FORMAT_VERSION, **resolved.record(),
               "features": _features_description(resolved),
+              "resources": plan.record(),
               "command": list(argv) if argv is not None else None,
               "environment": rundir_lib.environment()}
     rd = rundir_lib.prepare(resolved.workdir, record, overwrite=config.overwrite,
@@ -414,7 +419,7 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     for message in caught:
         rep.warn(message)
     try:
-        return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session)
+        return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session, plan)
     finally:
         rep.close()
         rd.close()
@@ -436,13 +441,13 @@ def _extension(rd, total_rounds: int, completed: int) -> tuple[int, int] | None:
 
 
 def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_source, test_source,
-                    session: tuple[float, float]) -> dict[str, Any]:
+                    session: tuple[float, float], plan) -> dict[str, Any]:
     from clapjax import pipeline
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
 
     config = resolved.config
-    train_opts = resolved.train
+    train_opts = resolved.train.replace(streaming=not plan.in_memory)
     total_rounds = train_opts.rounds
     done_before = rd.repair_metrics()
     extension = _extension(rd, total_rounds, len(done_before))
@@ -478,23 +483,30 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     if config.dataset != "custom" and config.test_list is not None:
         rep.info(f"note: test videos from {config.test_list}; numbers on a test subset are not "
                  "comparable to the paper's")
+    rep.info(plan.describe(), resources=plan.record())
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
     with _warnings_to(rep):
         ts = pipeline.load_training_set(train_source, resolved.split, rep,
-                                        segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"), _warnings_to(rep):
+                                        segment_labels_dir=config.train_segment_labels,
+                                        in_memory=plan.in_memory)
+    with rep.stage("reading test features" if plan.in_memory else "opening test features"), \
+            _warnings_to(rep):
         # ground-truth notes (unevaluated intervals, --ground-truth-check warn) become warnings
-        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
+        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check,
+                                      in_memory=plan.in_memory)
     # Values whose squares overflow float32 would surface later as a NaN deep in
     # the statistics or as saturated test scores: name the video and file now.
-    for source, feats, lengths, names, what in (
-            (train_source, ts.features, ts.lengths, ts.video_names, "training"),
-            (test_source, test.features, test.lengths, test.names, "test")):
-        found = _huge_values_error(source, feats, lengths, names, what, None)
-        if found is not None:
-            raise found
+    # Streamed features are not scanned here: that pass would read every
+    # feature file once more before training.
+    if plan.in_memory:
+        for source, feats, lengths, names, what in (
+                (train_source, ts.features, ts.lengths, ts.video_names, "training"),
+                (test_source, test.features, test.lengths, test.names, "test")):
+            found = _huge_values_error(source, feats, lengths, names, what, None)
+            if found is not None:
+                raise found
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 
@@ -609,6 +621,7 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     timing["session_cpu_s"] = time.process_time() - session[1]
     timing["elapsed_s"] = clock.elapsed()
     summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True)
+    summary["resources"] = plan.record()
     if config.plots:
         with rep.stage("plots"):
             summary["plots"] = [str(p.relative_to(rd.path)) for p in _write_plots(resolved, rd, metrics, test, final_scores)]

@@ -22,7 +22,8 @@ class FederatedData:
     """Participants as row sets of a shared feature array.
 
     Attributes:
-      features: ``[S, C, D] float32`` np.ndarray or np.memmap (shared, read-only).
+      features: ``[S, C, D] float32`` np.ndarray, np.memmap or a host row
+        store (see :func:`is_row_store`; streaming only), shared and read-only.
       labels: ``[S] float32`` initial segment (pseudo-)labels.
       participants: K arrays of row indices (int64) into ``features``; the
         order is the participant's training (split) order.
@@ -57,6 +58,15 @@ class FederatedData:
         return int(self.features.shape[2])
 
 
+def is_row_store(features) -> bool:
+    """True for a host row store: not an ndarray, but ``shape``, ``dtype`` and
+    ``store[rows]`` / ``store[a:b]`` returning ndarrays (e.g.
+    :class:`clapjax.data.store.PackedFeatures`, which reads rows from files).
+    The engine reads such features only in streaming mode."""
+    return (not isinstance(features, np.ndarray) and hasattr(features, "__getitem__")
+            and hasattr(features, "shape") and hasattr(features, "dtype"))
+
+
 def federated_data(
     features: np.ndarray,
     labels: np.ndarray,
@@ -68,17 +78,20 @@ def federated_data(
     """Validates and bundles federated inputs (no feature copy).
 
     Args:
-      features: ``[S, C, D]`` or ``[S, D]`` float32 (a 2-D array is viewed as C = 1).
+      features: ``[S, C, D]`` or ``[S, D]`` float32 (a 2-D array is viewed as C = 1),
+        or a host row store such as :class:`clapjax.data.store.PackedFeatures`
+        (``[S, C, D]``; streaming only).
       labels: ``[S]`` values in [0, 1].
       participants: K int arrays of rows in ``[0, S)``.
       layouts / video_labels: per participant, both or neither.
       names: K names (default ``participant_<k>``).
     """
-    if not isinstance(features, np.ndarray):
-        raise TypeError(f"features must be a numpy array or memmap, got {type(features).__name__}")
-    if features.ndim == 2:
+    if not isinstance(features, np.ndarray) and not is_row_store(features):
+        raise TypeError(f"features must be a numpy array, memmap or row store (shape, dtype, "
+                        f"store[rows]), got {type(features).__name__}")
+    if isinstance(features, np.ndarray) and features.ndim == 2:
         features = features.reshape(features.shape[0], 1, features.shape[1])
-    if features.ndim != 3:
+    if len(features.shape) != 3:
         raise ValueError(f"features must have shape [S, C, D] or [S, D], got {features.shape}")
     if features.dtype != np.float32:
         raise ValueError(f"features must be float32 (got {features.dtype}); convert once before training")

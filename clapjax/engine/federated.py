@@ -121,6 +121,9 @@ class Engine:
         if opts.plr_start_round is not None and plr_options is None and refine_fn is None:
             raise ValueError("PLR is enabled (plr_start_round is set) but no plr_options were given "
                              "(e.g. clapjax.options.PseudoLabelOptions())")
+        if data_lib.is_row_store(data.features) and not opts.streaming:
+            raise ValueError(f"the features are a host row store ({type(data.features).__name__}), "
+                             f"read from disk on demand; train them with streaming=True")
         if devices is None and opts.backend == "sharded" and 0 < data.num_participants < len(jax.devices()):
             devices = jax.devices()[: data.num_participants]
         self.executor = backends.cached_executor(
