@@ -460,7 +460,7 @@ def current_labels(engine: Engine, state: EngineState) -> np.ndarray:
 def score_test_set(engine: Engine, state: EngineState, test: EvalSet, participant: int | None = None) -> np.ndarray:
     """``[S_test]`` eval scores of the global model (or participant ``k``'s model)."""
     params = engine.global_params(state) if participant is None else engine.participant_params(state, participant)
-    return score_segments(params, test.features, engine.model_options, engine.opts.score_chunk)
+    return score_segments(params, test.features, engine.method, engine.opts.score_chunk)
 
 
 def evaluate(engine: Engine, state: EngineState, test: EvalSet) -> dict[str, Any]:
