@@ -1,8 +1,9 @@
-"""``python -m experiments.run``: one CLAP experiment with a run directory.
+"""``python -m experiments.run``: one experiment with a run directory.
 
 Example (the paper's event split, 13 participants, synthetic features)::
 
     python -m experiments.run --split=event --participants=13
+    python -m experiments.run --method c2fpl --setting local     # a baseline, same splits/evaluation
 
 Stages: data → statistics → VPL → null model → server mixture → SPL →
 rounds (+PLR) → evaluation (see :mod:`clapjax.pipeline`). Every round appends
@@ -56,11 +57,17 @@ def open_sources(resolved: ResolvedRun):
             data.open_source(c.dataset, "test", synthetic=cfg))
 
 
-def pseudo_label_report(ts, pl) -> dict[str, Any]:
-    """Quality of VPL and SPL against the truth (``pseudo_labels.json``)."""
+def pseudo_label_report(ts, pl, method: str = "clap") -> dict[str, Any]:
+    """Quality of VPL and SPL against the truth (``pseudo_labels.json``);
+    ``pl`` None: the method has no pseudo-labelling stage before training."""
     from clapjax.report import quality
 
+    if pl is None:
+        return {"method": method, "vpl": {"accuracy": None, "per_participant": None}, "spl": None,
+                "note": f"{method} makes its pseudo-labels inside training (no stage before it)",
+                "participants": list(ts.participant_names)}
     out: dict[str, Any] = {
+        "method": method,
         "vpl": quality.participant_video_accuracy(pl.vpl, ts.true_video_labels, ts.video_ranges),
         "video_labels_used": quality.participant_video_accuracy(
             pl.video_labels, ts.true_video_labels, ts.video_ranges),
@@ -165,7 +172,8 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     train_opts = resolved.train
     total_rounds = train_opts.rounds
     rep.info(
-        f"clapjax: {config.dataset} {resolved.split_label} split, K={resolved.num_participants}, "
+        f"clapjax: {resolved.method_spec.title}, {config.dataset} {resolved.split_label} split, "
+        f"K={resolved.num_participants}, "
         f"{config.setting}, variant {config.variant}, {total_rounds} rounds; "
         f"{_features_description(resolved)}",
         workdir=str(rd.path), resumed=rd.resumed,
@@ -188,34 +196,39 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     t0, c0 = time.perf_counter(), time.process_time()
     cache = rd.path / "pseudo_labels.npz"
     pl = None
-    if rd.resumed and cache.exists():
+    spec = resolved.method_spec
+    if spec.pseudo_label is not None and rd.resumed and cache.exists():
         try:
             pl = pipeline.load_pseudo_labels(cache, ts)
             rep.info("pseudo-labels: reused from pseudo_labels.npz")
         except (ValueError, OSError, KeyError) as e:
             rep.warn(f"{cache} unusable ({e}); recomputing pseudo-labels")
-    if pl is None:
-        pl = pipeline.pseudo_label(ts, resolved.pseudo_labels, weak_videos=resolved.weak_videos(),
-                                   null_mode=config.null_model, progress=rep)
+    if pl is None and spec.pseudo_label is not None:
+        pl = spec.pseudo_label(ts, resolved.pseudo_labels, resolved.method_options,
+                               weak_videos=resolved.weak_videos(), null_mode=config.null_model, progress=rep)
         pipeline.save_pseudo_labels(cache, pl)
-    pl_report = pseudo_label_report(ts, pl)
+    pl_report = pseudo_label_report(ts, pl, config.method)
     rundir_lib.write_json(rd.path / "pseudo_labels.json", pl_report)
     timing["pseudo_labels_s"] = time.perf_counter() - t0
     timing["pseudo_labels_cpu_s"] = time.process_time() - c0
     vpl_acc = pl_report["vpl"]["accuracy"]
     spl_q = pl_report["spl"]
-    rep.info(
-        "pseudo-labels: VPL accuracy "
-        + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
-        + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
-           if resolved.weak.any() else "")
-        + ("" if spl_q is None else
-           f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
-           f" IoU {spl_q['iou'] or 0:.3f}"),
-        vpl_accuracy=vpl_acc, spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
-    )
+    if pl is None:
+        rep.info(f"pseudo-labels: {pl_report['note']}")
+    else:
+        rep.info(
+            "pseudo-labels: VPL accuracy "
+            + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
+            + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
+               if resolved.weak.any() else "")
+            + ("" if spl_q is None else
+               f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
+               f" IoU {spl_q['iou'] or 0:.3f}"),
+            vpl_accuracy=vpl_acc,
+            spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
+        )
 
-    engine = pipeline.make_engine(ts, pl, resolved.model, train_opts, resolved.pseudo_labels,
+    engine = pipeline.make_engine(ts, pl, resolved.build_method(), train_opts,
                                   checkpoint_dir=str(rd.checkpoint_dir))
     ckpt = engine.checkpointer
     metrics = done_before
@@ -239,7 +252,7 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
         t_eval = time.perf_counter()
         ev = pipeline.evaluate(engine, state, test)
         eval_s = time.perf_counter() - t_eval
-        label_q = _label_quality(ts, pipeline.current_labels(engine, state))
+        label_q = _label_quality(ts, pipeline.current_labels(engine, state)) if pl is not None else None
         rec = _round_record(r + 1, rm, ev, label_q, time.perf_counter() - t_round, eval_s,
                             ts.participant_names)
         # CPU seconds of this process (all threads): comparable across loaded machines.
@@ -282,6 +295,7 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
         "complete": complete and len(metrics) == total_rounds,
         "rounds": total_rounds,
         **s,
+        "method": c.method,
         "dataset": c.dataset,
         "split": resolved.split_label,
         "participants": resolved.num_participants,
