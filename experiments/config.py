@@ -183,7 +183,9 @@ class ResolvedRun:
             "method": self.config.method,
             "method_options": (None if self.method_options is None
                                else dataclasses.asdict(self.method_options)),
-            "pseudo_labels": dataclasses.asdict(self.pseudo_labels),
+            # CLAP's pseudo-label options; other methods carry theirs in method_options.
+            "pseudo_labels": (dataclasses.asdict(self.pseudo_labels)
+                              if self.method_spec.uses_pseudo_label_options else None),
             "model": None if self.model is None else dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "weak_participants": [int(k) for k in np.flatnonzero(self.weak)],
