@@ -78,7 +78,7 @@ def test_engine_validates_methods_and_refinement():
     data = _data()
     with pytest.raises(ValueError, match="method 'gcl' has no refinement"):
         Engine(data, GCL(GCLOptions(gen_hidden=(4,))), TrainOptions(plr_start_round=1))
-    with pytest.raises(ValueError, match="no plr_options were given"):
+    with pytest.raises(ValueError, match="method 'clap' has no refinement.*plr_options"):
         Engine(data, MO, TrainOptions(plr_start_round=1))
     with pytest.raises(ValueError, match="plr_options / refine_fn go with a ModelOptions"):
         Engine(data, Clap(MO), TrainOptions(plr_start_round=None), plr_options=0.5)

@@ -118,7 +118,7 @@ class Executor:
 
     # ------------------------------------------------------------------ build
     def _build(self):
-        fns, opts, mo = self.fns, self.opts, self.method
+        fns, opts, method = self.fns, self.opts, self.method
         sp = 0 if self.stacked_start else None
 
         def train_all(start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid):
@@ -148,11 +148,11 @@ class Executor:
 
         def score_all(params, features, rows):
             TRACE_COUNTS["score_all"] += 1
-            return jax.vmap(lambda p, r: score_rows(p, features, r, mo))(params, rows)
+            return jax.vmap(lambda p, r: score_rows(p, features, r, method))(params, rows)
 
         def score_chunk_all(params, x):
             TRACE_COUNTS["score_chunk_all"] += 1
-            return jax.vmap(lambda p, xx: mo.score(p, xx))(params, x)
+            return jax.vmap(lambda p, xx: method.score(p, xx))(params, x)
 
         if self.backend == "sharded":
             # shard_map: each device runs the vmapped participants it holds.
@@ -207,11 +207,11 @@ class Executor:
 
         def score_one(params, features, rows):
             TRACE_COUNTS["score_one"] += 1
-            return score_rows(params, features, rows, mo)
+            return score_rows(params, features, rows, method)
 
         def score_chunk_one(params, x):
             TRACE_COUNTS["score_chunk_one"] += 1
-            return mo.score(params, x)
+            return method.score(params, x)
 
         self._chunk_one = jax.jit(chunk_one)
         self._chunk_one_x = jax.jit(chunk_one_x)

@@ -124,9 +124,8 @@ class Engine:
             raise ValueError("PLR is enabled (plr_start_round is set) but the data have no layouts/video_labels")
         if opts.plr_start_round is not None and refine is None:
             raise ValueError(f"PLR is enabled (plr_start_round is set) but method {method.name!r} has no "
-                             "refinement" + (" (no plr_options were given, e.g. "
-                                             "clapjax.options.PseudoLabelOptions())" if method.name == "clap" else
-                                             "; set plr_start_round=None"))
+                             "refinement: set plr_start_round=None, or give its refinement options (with a "
+                             "ModelOptions: plr_options, e.g. clapjax.options.PseudoLabelOptions())")
         if devices is None and opts.backend == "sharded" and 0 < data.num_participants < len(jax.devices()):
             devices = jax.devices()[: data.num_participants]
         self._devices = None if devices is None else tuple(devices)
