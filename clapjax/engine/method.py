@@ -30,6 +30,15 @@ participant; a stage reads the labels of its batch through the batch's
 
 Methods are frozen, hashable objects: compiled functions are cached per
 method, so two engines of the same method and options share them.
+
+Shapes a sampler can express: shuffled segments (:class:`SegmentSampler`),
+runs of consecutive segments (:class:`ConsecutiveSampler`, e.g. CLAWS / GCL
+batches) and bags of segments per video: a sampler sees every participant's
+video lengths and video labels, so a step can hold ``n`` pairs of (normal,
+anomalous) videos of ``m`` segments each as ``rows_per_step = 2·n·m``
+positions, which the stage loss reshapes to ``[n, 2, m, C, D]`` (MIL's
+ranking loss); per-row labels (``FederatedData.labels``) can carry the video
+labels of weak supervision.
 """
 
 from __future__ import annotations
