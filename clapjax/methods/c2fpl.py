@@ -382,6 +382,8 @@ def pseudo_label(ts, opts: C2FPLOptions = C2FPLOptions(), *,
     weak = np.zeros(n_videos, bool) if weak_videos is None else np.asarray(weak_videos, bool)
     if weak.shape != (n_videos,):
         raise ValueError(f"weak_videos must have one flag per video ({n_videos}), got shape {weak.shape}")
+    if weak.any() and ts.true_video_labels is None:
+        raise ValueError("weak supervision needs the training videos' true labels, which this dataset lacks")
     seg_opts = opts.segment_options()
     s = ts.features.shape[0]
     z = np.zeros(s, np.float32)
@@ -401,7 +403,8 @@ def pseudo_label(ts, opts: C2FPLOptions = C2FPLOptions(), *,
             stats[va:vb] = xk
             result = divisive_clustering(xk, opts)
             coarse[va:vb] = result.labels
-            used[va:vb] = np.where(weak[va:vb], ts.true_video_labels[va:vb], result.labels)
+            used[va:vb] = (np.where(weak[va:vb], ts.true_video_labels[va:vb], result.labels)
+                           if weak[va:vb].any() else result.labels)
             try:
                 seg, g = segment_labels(zk, lay, used[va:vb], opts)
             except ValueError as err:
