@@ -66,3 +66,11 @@ def test_real_features_for_table1_need_both_datasets(tmp_path):
         protocol="table1", features_dir=tmp_path / "ucf", xd_features_dir=tmp_path / "xd"))
     assert {r.configs[0].features_dir for r in rows} == {tmp_path / "ucf", tmp_path / "xd"}
     assert protocols.cli(["seeds", "--seeds", "1", "--workdir", str(tmp_path)]) == 2
+
+
+def test_table1_methods_subset():
+    rows = protocols.rows_for(_args("table1", methods=("c2fpl",)))
+    assert [r.label for r in rows[:3]] == ["ucf centralized C2FPL", "ucf local C2FPL", "ucf collaborative C2FPL"]
+    assert all(r.configs[0].method == "c2fpl" for r in rows) and len(rows) == 6
+    with pytest.raises(protocols.ProtocolError, match="--methods"):
+        protocols.rows_for(_args("table1", methods=()))
