@@ -199,8 +199,8 @@ def _notes(args: ProtocolArgs) -> list[str]:
                          "by the same engine, splits and evaluation as CLAP; each participant pseudo-labels "
                          "its own videos. The paper's baseline numbers come from the CLAP authors' "
                          "re-implementation, which is not public.")
-        if args.rounds is None:
-            notes.append("Rounds: each method's variant default (C2FPL reference: 20, as its train.sh).")
+        if args.rounds is None and args.variant == "reference" and "c2fpl" in args.methods:
+            notes.append("Rounds: C2FPL's reference preset trains 20 rounds (its train.sh), the others 10.")
     return notes
 
 
