@@ -49,6 +49,8 @@ def test_reconstruction_error_matches_numpy():
     want = ((_np_generator(params["generator"], x.astype(np.float64)) - x) ** 2).mean(axis=(1, 2))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert set(params) == {"generator", "discriminator"}
+    by_recon = GCL(SMALL.replace(score="reconstruction")).score(params, x)
+    np.testing.assert_allclose(np.asarray(by_recon), want, rtol=1e-5)
 
 
 def _reference_step(method, opts, params, batch, key):

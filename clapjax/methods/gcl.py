@@ -31,7 +31,8 @@ Every local step takes one batch of consecutive segments
 
 Before the cooperative phase G is pre-trained as a plain autoencoder on all
 segments for ``pretrain_rounds`` rounds (self-supervised pre-training; D is
-not trained then). Test segments are scored by D (eval mode).
+not trained then). Test segments are scored by D (eval mode; or, for
+analysis, by G's reconstruction error: ``score="reconstruction"``).
 
 Choices the paper leaves open (each an option of :class:`GCLOptions` unless
 noted; this implementation's reading):
@@ -81,6 +82,7 @@ PHASES = ("pretrain", "cooperative")
 _CHOICES = {
     "threshold": ("mean_std", "percentile"),
     "negative_target": ("ones", "zeros", "noise", "permuted"),
+    "score": ("discriminator", "reconstruction"),
 }
 
 
@@ -101,6 +103,9 @@ class GCLOptions:
         anomalous: ``"ones"``, ``"zeros"``, ``"noise"`` or ``"permuted"``.
       pretrain_rounds: rounds of generator-only autoencoder pre-training.
       batch_within_videos: batches of consecutive segments never cross a video.
+      score: test-time anomaly score: ``"discriminator"`` (D's probability,
+        GCL §3.4) or ``"reconstruction"`` (G's reconstruction error, an
+        unbounded score, for analysis).
     """
 
     gen_hidden: tuple[int, ...] = (1024, 512, 1024)
@@ -112,6 +117,7 @@ class GCLOptions:
     negative_target: Literal["ones", "zeros", "noise", "permuted"] = "ones"
     pretrain_rounds: int = 1
     batch_within_videos: bool = False
+    score: Literal["discriminator", "reconstruction"] = "discriminator"
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
@@ -279,7 +285,10 @@ class GCL(Method):
         raise ValueError(f"GCL has no phase {phase!r}; phases: {', '.join(PHASES)}")
 
     def score(self, params, x: jax.Array) -> jax.Array:
-        """D's eval-mode segment probabilities (GCL §3.4)."""
+        """D's eval-mode segment probabilities (GCL §3.4), or G's
+        reconstruction errors (``options.score="reconstruction"``)."""
+        if self.options.score == "reconstruction":
+            return reconstruction_error(params["generator"], x, self.options.gen_hidden)
         return model_lib.score(params["discriminator"], x, self.discriminator)
 
     def sampler(self, opts):
