@@ -481,25 +481,39 @@ def load_pseudo_labels(path, ts: TrainingSet) -> PseudoLabels:
 # ------------------------------------------------------------------ training
 
 
-def make_federated_data(ts: TrainingSet, pl: PseudoLabels) -> FederatedData:
-    """The engine's view: shared features, SPL labels, per-participant rows/layouts."""
+def make_federated_data(ts: TrainingSet, pl: PseudoLabels | None) -> FederatedData:
+    """The engine's view: shared features, initial labels, per-participant rows/layouts.
+
+    ``pl`` None (a method without a pseudo-labelling stage, e.g. GCL): labels
+    and video labels are all 0 (unused by such a method; the layouts still
+    describe the videos to its batch sampler).
+    """
+    labels = np.zeros(ts.features.shape[0], np.float32) if pl is None else pl.segment_labels
+    videos = np.zeros(ts.layout.num_videos, bool) if pl is None else pl.video_labels
     return federated_data(
         ts.features,
-        pl.segment_labels,
+        labels,
         [ts.participant_rows(k) for k in range(ts.num_participants)],
         layouts=[ts.participant_layout(k) for k in range(ts.num_participants)],
-        video_labels=[pl.video_labels[a:b] for a, b in ts.video_ranges],
+        video_labels=[videos[a:b] for a, b in ts.video_ranges],
         names=ts.participant_names,
     )
 
 
-def make_engine(ts: TrainingSet, pl: PseudoLabels, model_options: ModelOptions,
-                train_options: TrainOptions, pl_options: PseudoLabelOptions,
-                checkpoint_dir: str | None = None) -> Engine:
-    """Stage 6: the federated engine over the pseudo-labelled training set."""
-    plr = pl_options if train_options.plr_start_round is not None else None
-    return Engine(make_federated_data(ts, pl), model_options, train_options,
-                  plr_options=plr, checkpoint_dir=checkpoint_dir)
+def make_engine(ts: TrainingSet, pl: PseudoLabels | None, method, train_options: TrainOptions,
+                pl_options: PseudoLabelOptions | None = None, checkpoint_dir: str | None = None) -> Engine:
+    """Stage 6: the federated engine over the (pseudo-labelled) training set.
+
+    Args:
+      method: a :class:`clapjax.engine.Method` (``clapjax.methods``), or a
+        ``ModelOptions``: CLAP's scorer, refined by PLR with ``pl_options``
+        when ``train_options.plr_start_round`` is set.
+    """
+    if isinstance(method, ModelOptions):
+        plr = pl_options if train_options.plr_start_round is not None else None
+        return Engine(make_federated_data(ts, pl), method, train_options,
+                      plr_options=plr, checkpoint_dir=checkpoint_dir)
+    return Engine(make_federated_data(ts, pl), method, train_options, checkpoint_dir=checkpoint_dir)
 
 
 def current_labels(engine: Engine, state: EngineState) -> np.ndarray:
@@ -522,7 +536,7 @@ def evaluation_chunk_rows(engine: Engine, test: EvalSet) -> int:
 def score_test_set(engine: Engine, state: EngineState, test: EvalSet, participant: int | None = None) -> np.ndarray:
     """``[S_test]`` eval scores of the global model (or participant ``k``'s model)."""
     params = engine.global_params(state) if participant is None else engine.participant_params(state, participant)
-    return score_segments(params, test.features, engine.model_options, evaluation_chunk_rows(engine, test))
+    return score_segments(params, test.features, engine.method, evaluation_chunk_rows(engine, test))
 
 
 def evaluate(engine: Engine, state: EngineState, test: EvalSet) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 import tyro
 
+from clapjax import methods as methods_lib
 from clapjax import splits as splits_lib
 from clapjax import tables
 from clapjax.engine.options import TrainOptions
+from clapjax.methods import C2FPLOptions, GCLOptions
 from clapjax.model import ModelOptions
 from clapjax.options import PseudoLabelOptions
 from experiments import option_groups
@@ -54,6 +56,10 @@ ModelOverrides = option_groups.override_class(ModelOptions, "ModelOverrides")
 TrainOverrides = option_groups.override_class(
     TrainOptions, "TrainOverrides", exclude=TOP_LEVEL_TRAIN
 )
+C2FPLOverrides = option_groups.override_class(C2FPLOptions, "C2FPLOverrides")
+GCLOverrides = option_groups.override_class(GCLOptions, "GCLOverrides")
+#: Option groups of the methods' own options (``--<method>.*``), by method name.
+METHOD_GROUPS = ("c2fpl", "gcl")
 
 
 class ConfigError(ValueError):
@@ -62,7 +68,8 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Run CLAP (CVPR 2024) unsupervised collaborative video anomaly detection.
+    """Run CLAP (CVPR 2024) unsupervised collaborative video anomaly detection,
+    or a baseline (C2FPL, GCL) trained the same federated way (--method).
 
     Writes a run directory (config.json, metrics.jsonl, summary.json,
     checkpoints/) and prints one line per round. Features are synthetic unless
@@ -71,6 +78,8 @@ class RunConfig:
     video lists and annotations.
     """
 
+    method: Literal["clap", "c2fpl", "gcl"] = "clap"
+    """Training method: clap, c2fpl (coarse-to-fine pseudo-labels, WACV 2024) or gcl (generative cooperative learning, CVPR 2022); its own options are --c2fpl.* / --gcl.*."""
     dataset: Literal["ucf", "xd", "custom"] = "ucf"
     """Dataset whose structure (videos, lengths, splits, test ground truth) is used; custom: your own (--features-dir, --annotations)."""
     split: Literal["random", "event", "scene"] = "random"
@@ -156,6 +165,8 @@ class RunConfig:
     pl: Annotated[PseudoLabelOverrides, tyro.conf.arg(name="pl")] = PseudoLabelOverrides()
     model: ModelOverrides = ModelOverrides()
     train: TrainOverrides = TrainOverrides()
+    c2fpl: C2FPLOverrides = C2FPLOverrides()
+    gcl: GCLOverrides = GCLOverrides()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -167,7 +178,9 @@ class ResolvedRun:
       custom: the :class:`clapjax.data.CustomDataset` of ``--dataset custom`` (else None).
       split: participants of the training set (centralized: one participant).
       federated_split: the split before centralisation (for reports).
-      pseudo_labels / model / train: the resolved option objects.
+      pseudo_labels / model / train: the resolved option objects (``model``
+        is None for a method without CLAP's scorer, e.g. GCL).
+      method_options: the method's own options (None for CLAP).
       weak: ``[K] bool`` participants given their true video labels.
       workdir: the run directory.
       split_label: short name of the split (workdir, reports).
@@ -178,13 +191,23 @@ class ResolvedRun:
     split: splits_lib.Split
     federated_split: splits_lib.Split
     pseudo_labels: PseudoLabelOptions
-    model: ModelOptions
+    model: ModelOptions | None
     train: TrainOptions
     weak: np.ndarray
     workdir: Path
     split_label: str
     custom: Any = None
     memory_budget: int = 0
+    method_options: object = None
+
+    @property
+    def method_spec(self) -> methods_lib.MethodSpec:
+        return methods_lib.spec(self.config.method)
+
+    def build_method(self):
+        """The :class:`clapjax.engine.Method` of this run."""
+        pl = self.pseudo_labels if self.train.plr_start_round is not None else None
+        return self.method_spec.build(self.model, pl, self.method_options)
 
     @property
     def num_participants(self) -> int:
@@ -202,16 +225,22 @@ class ResolvedRun:
     def record(self) -> dict:
         """config.json's ``run`` and ``resolved`` parts (compared on resume)."""
         run = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)
-               if f.name not in PRESENTATION and f.name not in ("pl", "model", "train")}
+               if f.name not in PRESENTATION and f.name not in ("pl", "model", "train") + METHOD_GROUPS}
         run["participants"] = self.num_participants
         run["overrides"] = {
             "pl": option_groups.overrides_dict(self.config.pl),
             "model": option_groups.overrides_dict(self.config.model),
             "train": option_groups.overrides_dict(self.config.train),
+            **{g: option_groups.overrides_dict(getattr(self.config, g)) for g in METHOD_GROUPS},
         }
         resolved = {
-            "pseudo_labels": dataclasses.asdict(self.pseudo_labels),
-            "model": dataclasses.asdict(self.model),
+            "method": self.config.method,
+            "method_options": (None if self.method_options is None
+                               else dataclasses.asdict(self.method_options)),
+            # CLAP's pseudo-label options; other methods carry theirs in method_options.
+            "pseudo_labels": (dataclasses.asdict(self.pseudo_labels)
+                              if self.method_spec.uses_pseudo_label_options else None),
+            "model": None if self.model is None else dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "weak_participants": [int(k) for k in np.flatnonzero(self.weak)],
             "split": {
@@ -366,13 +395,15 @@ def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, 
 
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     """``runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>`` (relative to cwd;
-    a custom dataset is named ``custom-<features folder>``)."""
+    a custom dataset is named ``custom-<features folder>``), prefixed with
+    ``<method>-`` for methods other than CLAP."""
     ds = config.dataset
     if ds == "custom" and config.features_dir is not None:
         folder = Path(config.features_dir)
         ds = f"custom-{folder.name or folder.resolve().name}"
+    prefix = "" if config.method == "clap" else f"{config.method}-"
     return Path("runs") / (
-        f"{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
+        f"{prefix}{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
     )
 
 
@@ -552,16 +583,26 @@ def validate(config: RunConfig) -> ResolvedRun:
             raise ConfigError(f"--weak-participants lists {i} twice")
         weak[i] = True
 
+    spec = _check_method_flags(config)
     try:
         pseudo = option_groups.resolve(PseudoLabelOptions, config.variant, config.pl)
-        model = option_groups.resolve(ModelOptions, config.variant, config.model)
+        model = None
+        if spec.uses_scorer:
+            model = dataclasses.replace(spec.model_options(config.variant),
+                                        **option_groups.overrides_dict(config.model))
+        method_options = None
+        if spec.options is not None:
+            method_options = spec.method_options(
+                config.variant, option_groups.overrides_dict(getattr(config, spec.name)))
         fixed = dict(aggregator=config.aggregator, backend="vmap" if config.backend == "auto" else config.backend,
                      setting=config.setting, seed=config.seed)
         if config.rounds is not None:
             fixed["rounds"] = config.rounds
         if config.local_epochs is not None:
             fixed["local_epochs"] = config.local_epochs
-        train = option_groups.resolve(TrainOptions, config.variant, config.train, **fixed)
+        # The engine's preset, then the method's own training values, then the user's flags.
+        train = TrainOptions.preset(config.variant, **spec.train_overrides(config.variant))
+        train = dataclasses.replace(train, **{**option_groups.overrides_dict(config.train), **fixed})
         train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size,
                                                      train.vmap_max_overhead))
     except (ValueError, TypeError) as err:
@@ -572,6 +613,34 @@ def validate(config: RunConfig) -> ResolvedRun:
 
     run_split = splits_lib.centralized(split) if config.setting == "centralized" else split
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
+    if weak.any() and spec.pseudo_label is None:
+        raise ConfigError(f"--weak-labels/--weak-participants: --method {spec.name} has no video labels to "
+                          f"replace (it makes its pseudo-labels during training)")
+    if train.plr_start_round is not None and spec.name != "clap":
+        raise ConfigError(f"--train.plr-start-round: --method {spec.name} has no pseudo-label refinement "
+                          f"(PLR is CLAP's); leave it unset")
     return ResolvedRun(config=config, split=run_split, federated_split=split,
                        pseudo_labels=pseudo, model=model, train=train, weak=weak,
-                       workdir=workdir, split_label=label, custom=custom, memory_budget=budget)
+                       workdir=workdir, split_label=label, custom=custom, memory_budget=budget,
+                       method_options=method_options)
+
+
+def _check_method_flags(config: RunConfig) -> methods_lib.MethodSpec:
+    """The method's spec; flags of other methods' option groups are errors."""
+    try:
+        spec = methods_lib.spec(config.method)
+    except ValueError as err:
+        raise ConfigError(f"--method: {err}") from None
+    for group in METHOD_GROUPS:
+        if group != spec.name and option_groups.overrides_dict(getattr(config, group)):
+            raise ConfigError(f"--{group}.* options apply to --method {group}, not --method {spec.name}")
+    if not spec.uses_scorer and option_groups.overrides_dict(config.model):
+        raise ConfigError(f"--model.* applies to the scorer of --method clap/c2fpl; --method {spec.name} "
+                          f"has its own networks (--{spec.name}.*)")
+    if not spec.uses_pseudo_label_options and option_groups.overrides_dict(config.pl):
+        where = f" (its pseudo-label options are --{spec.name}.*)" if spec.options is not None else ""
+        raise ConfigError(f"--pl.* applies to --method clap; not to --method {spec.name}{where}")
+    if spec.name != "clap" and config.null_model != "server_mixture":
+        raise ConfigError(f"--null-model applies to --method clap (CLAP's server mixture); --method {spec.name} "
+                          f"fits each participant's own null")
+    return spec

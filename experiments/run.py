@@ -1,8 +1,9 @@
-"""``python -m experiments.run``: one CLAP experiment with a run directory.
+"""``python -m experiments.run``: one experiment with a run directory.
 
 Example (the paper's event split, 13 participants, synthetic features)::
 
     python -m experiments.run --split=event --participants=13
+    python -m experiments.run --method c2fpl --setting local     # a baseline, same splits/evaluation
 
 Stages: data → statistics → VPL → null model → server mixture → SPL →
 rounds (+PLR) → evaluation (see :mod:`clapjax.pipeline`). Every round appends
@@ -98,14 +99,19 @@ def open_sources(resolved: ResolvedRun):
     return train, test
 
 
-def pseudo_label_report(ts, pl) -> dict[str, Any]:
-    """Quality of VPL and SPL against the truth (``pseudo_labels.json``)."""
+def pseudo_label_report(ts, pl, method: str = "clap") -> dict[str, Any]:
+    """Quality of VPL and SPL against the truth (``pseudo_labels.json``);
+    ``pl`` None: the method has no pseudo-labelling stage before training."""
     from clapjax.report import quality
 
+    if pl is None:
+        return {"method": method, "vpl": {"accuracy": None, "per_participant": None}, "spl": None,
+                "note": f"{method} makes its pseudo-labels inside training (no stage before it)",
+                "participants": list(ts.participant_names)}
     if ts.true_video_labels is None:  # a custom dataset with unlabelled training videos
         unknown = {"accuracy": None, "per_participant": [None] * ts.num_participants}
         return {
-            "vpl": unknown, "video_labels_used": unknown,
+            "method": method, "vpl": unknown, "video_labels_used": unknown,
             "pseudo_anomalous_videos": [int(pl.video_labels[a:b].sum()) for a, b in ts.video_ranges],
             "true_anomalous_videos": None,
             "vpl_notes": list(pl.notes),
@@ -114,6 +120,7 @@ def pseudo_label_report(ts, pl) -> dict[str, Any]:
             "spl": None, "spl_note": "training labels unknown",
         }
     out: dict[str, Any] = {
+        "method": method,
         "vpl": quality.participant_video_accuracy(pl.vpl, ts.true_video_labels, ts.video_ranges),
         "video_labels_used": quality.participant_video_accuracy(
             pl.video_labels, ts.true_video_labels, ts.video_ranges),
@@ -466,7 +473,8 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
         return summary
 
     rep.info(
-        f"clapjax: {config.dataset} {resolved.split_label} split, K={resolved.num_participants}, "
+        f"clapjax: {resolved.method_spec.title}, {config.dataset} {resolved.split_label} split, "
+        f"K={resolved.num_participants}, "
         f"{config.setting}, variant {config.variant}, {total_rounds} rounds; "
         f"{_features_description(resolved)}",
         workdir=str(rd.path), resumed=rd.resumed,
@@ -511,39 +519,45 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     timing["data_cpu_s"] = time.process_time() - c0
 
     t0, c0 = time.perf_counter(), time.process_time()
-    pl = _pseudo_labels_cached(rd, ts, rep)
-    if pl is None:
+    spec = resolved.method_spec
+    pl = _pseudo_labels_cached(rd, ts, rep) if spec.pseudo_label is not None else None
+    if pl is None and spec.pseudo_label is not None:
         try:
-            pl = pipeline.pseudo_label(ts, resolved.pseudo_labels, weak_videos=resolved.weak_videos(),
-                                       null_mode=config.null_model, progress=rep)
+            pl = spec.pseudo_label(ts, resolved.pseudo_labels, resolved.method_options,
+                                   weak_videos=resolved.weak_videos(), null_mode=config.null_model, progress=rep)
         except (ValueError, FloatingPointError) as err:
-            better = _huge_values_error(train_source, ts.features, ts.lengths, ts.video_names, "training", err)
+            better = (_huge_values_error(train_source, ts.features, ts.lengths, ts.video_names, "training", err)
+                      if plan.in_memory else None)
             if better is not None:
                 raise better from err
             raise
         with rundir_lib.atomic_write(rd.path / rundir_lib.PSEUDO_LABELS_FILE) as fh:
             pipeline.save_pseudo_labels(fh, pl)
-    for name, note in zip(ts.participant_names, pl.notes):
+    for name, note in zip(ts.participant_names, pl.notes if pl is not None else ()):
         if note:  # a degenerate case of VPL (e.g. nothing to cluster): never silent
             rep.warn(f"pseudo-labels: participant {name}: {note}")
-    pl_report = pseudo_label_report(ts, pl)
+    pl_report = pseudo_label_report(ts, pl, config.method)
     rundir_lib.write_json(rd.path / "pseudo_labels.json", pl_report)
     timing["pseudo_labels_s"] = time.perf_counter() - t0
     timing["pseudo_labels_cpu_s"] = time.process_time() - c0
     vpl_acc = pl_report["vpl"]["accuracy"]
     spl_q = pl_report["spl"]
-    rep.info(
-        "pseudo-labels: VPL accuracy "
-        + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
-        + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
-           if resolved.weak.any() else "")
-        + ("" if spl_q is None else
-           f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
-           f" IoU {spl_q['iou'] or 0:.3f}"),
-        vpl_accuracy=vpl_acc, spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
-    )
+    if pl is None:
+        rep.info(f"pseudo-labels: {pl_report['note']}")
+    else:
+        rep.info(
+            "pseudo-labels: VPL accuracy "
+            + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
+            + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
+               if resolved.weak.any() else "")
+            + ("" if spl_q is None else
+               f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
+               f" IoU {spl_q['iou'] or 0:.3f}"),
+            vpl_accuracy=vpl_acc,
+            spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
+        )
 
-    engine = pipeline.make_engine(ts, pl, resolved.model, train_opts, resolved.pseudo_labels,
+    engine = pipeline.make_engine(ts, pl, resolved.build_method(), train_opts,
                                   checkpoint_dir=str(rd.checkpoint_dir))
     ckpt = engine.checkpointer
     metrics = done_before
@@ -596,7 +610,7 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
                     raise better from err
                 raise
             eval_s = time.perf_counter() - t_eval
-            label_q = _label_quality(ts, pipeline.current_labels(engine, state))
+            label_q = _label_quality(ts, pipeline.current_labels(engine, state)) if pl is not None else None
             rec = _round_record(r + 1, rm, ev, label_q, time.perf_counter() - t_round, eval_s,
                                 ts.participant_names)
             # CPU seconds of this process (all threads): comparable across loaded machines.
@@ -647,6 +661,7 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
         "complete": complete and len(metrics) == total_rounds,
         "rounds": total_rounds,
         **s,
+        "method": c.method,
         "dataset": c.dataset,
         "split": resolved.split_label,
         "participants": resolved.num_participants,

@@ -33,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from clapjax import model as model_lib
 from clapjax.engine import local
 from clapjax.engine.data import BatchPlan, adaptive_step_groups
 from clapjax.engine.local import ClientContext, ClientFns, ClientOutput
+from clapjax.engine.method import Method, as_method
 from clapjax.engine.options import TrainOptions
-from clapjax.model import ModelOptions
 
 #: Python-side trace counters (a jitted function's body runs once per compile).
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -64,10 +63,10 @@ def participant_round(
     return fns.final(state, ctx, control, server_control)
 
 
-def score_rows(params, features, rows: jax.Array, model_options: ModelOptions) -> jax.Array:
+def score_rows(params, features, rows: jax.Array, method: Method) -> jax.Array:
     """Eval scores of ``rows [n_chunks, chunk]`` of ``features`` -> ``[n_chunks * chunk]``."""
     def one(r):
-        return model_lib.score(params, jnp.take(features, r, axis=0, mode="clip"), model_options)
+        return method.score(params, jnp.take(features, r, axis=0, mode="clip"))
     return jax.lax.map(one, rows).reshape(-1)
 
 
@@ -77,16 +76,17 @@ def compile_key(opts: TrainOptions) -> TrainOptions:
     compiled functions."""
     return dataclasses.replace(
         opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1, vmap_max_overhead=1.5,
-        setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1)
+        setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1,
+        lr_milestones=(), lr_decay=0.1)
 
 
 @functools.lru_cache(maxsize=32)
-def cached_executor(model_options: ModelOptions, opts: TrainOptions, stacked_start: bool,
-                    devices: tuple | None = None) -> "Executor":
+def cached_executor(method: Method, opts: TrainOptions, stacked_start: bool,
+                    devices: tuple | None = None, phase=0) -> "Executor":
     """An :class:`Executor` shared by engines with identical configuration, so
     a fresh engine (e.g. resuming in the same process) reuses compiled code."""
-    fns = local.client_fns(model_options, opts)
-    return Executor(fns, opts, model_options, stacked_start, devices)
+    fns = local.client_fns(method, opts, phase)
+    return Executor(fns, opts, method, stacked_start, devices)
 
 
 def device_mesh(devices=None) -> Mesh:
@@ -98,15 +98,16 @@ class Executor:
     """Runs one round's local training and per-participant scoring on a backend.
 
     Args:
-      fns: per-participant functions; opts / model_options: configuration.
+      fns: per-participant functions; opts: configuration; method: the
+        training method (its ``score``; a ``ModelOptions`` means CLAP's scorer).
       stacked_start: True if the start parameters carry a ``[K]`` axis (local
         setting), False if all participants start from the server parameters.
       devices: devices for the sharded backend (default: all local devices).
     """
 
-    def __init__(self, fns: ClientFns, opts: TrainOptions, model_options: ModelOptions,
+    def __init__(self, fns: ClientFns, opts: TrainOptions, method: Method,
                  stacked_start: bool, devices=None):
-        self.fns, self.opts, self.model_options = fns, opts, model_options
+        self.fns, self.opts, self.method = fns, opts, as_method(method)
         self.stacked_start = stacked_start
         self.backend = opts.backend
         self.mesh = device_mesh(devices) if self.backend == "sharded" else None
@@ -118,7 +119,7 @@ class Executor:
 
     # ------------------------------------------------------------------ build
     def _build(self):
-        fns, opts, mo = self.fns, self.opts, self.model_options
+        fns, opts, method = self.fns, self.opts, self.method
         sp = 0 if self.stacked_start else None
 
         def train_all(start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid):
@@ -148,11 +149,11 @@ class Executor:
 
         def score_all(params, features, rows):
             TRACE_COUNTS["score_all"] += 1
-            return jax.vmap(lambda p, r: score_rows(p, features, r, mo))(params, rows)
+            return jax.vmap(lambda p, r: score_rows(p, features, r, method))(params, rows)
 
         def score_chunk_all(params, x):
             TRACE_COUNTS["score_chunk_all"] += 1
-            return jax.vmap(lambda p, xx: model_lib.score(p, xx, mo))(params, x)
+            return jax.vmap(lambda p, xx: method.score(p, xx))(params, x)
 
         if self.backend == "sharded":
             # shard_map: each device runs the vmapped participants it holds.
@@ -207,11 +208,11 @@ class Executor:
 
         def score_one(params, features, rows):
             TRACE_COUNTS["score_one"] += 1
-            return score_rows(params, features, rows, mo)
+            return score_rows(params, features, rows, method)
 
         def score_chunk_one(params, x):
             TRACE_COUNTS["score_chunk_one"] += 1
-            return model_lib.score(params, x, mo)
+            return method.score(params, x)
 
         self._chunk_one = jax.jit(chunk_one)
         self._chunk_one_x = jax.jit(chunk_one_x)

@@ -186,8 +186,107 @@ class BatchPlan(NamedTuple):
 
 
 def plan_steps(counts: np.ndarray, batch_size: int, epochs: int) -> int:
-    """Steps T of the longest participant (the common scan length)."""
+    """Steps T of the longest participant (the common scan length) under the
+    default :class:`SegmentSampler`."""
     return max(1, int(steps_per_epoch(counts, batch_size).max(initial=0)) * epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSampler:
+    """Batches of ``batch_size`` segments: every epoch visits all of a
+    participant's rows once, in a fresh permutation (``rng``) or in split
+    order; the last partial batch is masked, not dropped (CLAP, C2FPL).
+
+    Implements :class:`clapjax.engine.method.BatchSampler`.
+    """
+
+    batch_size: int
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_size
+
+    def steps_per_epoch(self, count: int, lengths=None, video_labels=None) -> int:
+        return int(-(-int(count) // self.batch_size))
+
+    def epoch(self, count: int, lengths, video_labels, rng: np.random.Generator | None):
+        n, b = int(count), self.batch_size
+        spe = self.steps_per_epoch(n)
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        positions = np.zeros(spe * b, np.int64)
+        positions[:n] = order
+        mask = np.zeros(spe * b, bool)
+        mask[:n] = True
+        return positions.reshape(spe, b), mask.reshape(spe, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsecutiveSampler:
+    """Batches of ``batch_size`` temporally consecutive segments (GCL, CLAWS).
+
+    A participant's rows, in split (video) order, are cut into runs of
+    ``batch_size`` consecutive rows; every epoch visits every run once, in a
+    fresh random order of runs (``rng``) or in order. With ``within_videos``
+    a run never crosses a video boundary (each video's last run is partial
+    and masked; needs the data's layouts); otherwise runs cut through the
+    concatenated videos and only the participant's last run is partial.
+
+    Implements :class:`clapjax.engine.method.BatchSampler`.
+    """
+
+    batch_size: int
+    within_videos: bool = False
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_size
+
+    def _starts(self, count: int, lengths) -> tuple[np.ndarray, np.ndarray]:
+        b = self.batch_size
+        if not self.within_videos:
+            starts = np.arange(0, int(count), b, dtype=np.int64)
+            return starts, np.minimum(b, int(count) - starts)
+        if lengths is None:
+            raise ValueError("ConsecutiveSampler(within_videos=True) needs the videos' lengths (data layouts)")
+        lengths = np.asarray(lengths, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        starts, sizes = [], []
+        for o, m in zip(offsets, lengths):
+            s = np.arange(0, int(m), b, dtype=np.int64)
+            starts.append(o + s)
+            sizes.append(np.minimum(b, m - s))
+        if not starts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(starts), np.concatenate(sizes)
+
+    def steps_per_epoch(self, count: int, lengths=None, video_labels=None) -> int:
+        return int(self._starts(count, lengths)[0].size)
+
+    def epoch(self, count: int, lengths, video_labels, rng: np.random.Generator | None):
+        starts, sizes = self._starts(count, lengths)
+        order = rng.permutation(starts.size) if rng is not None else np.arange(starts.size)
+        offs = np.arange(self.batch_size, dtype=np.int64)
+        positions = starts[order, None] + offs[None, :]
+        mask = offs[None, :] < sizes[order, None]
+        return np.where(mask, positions, 0), mask
+
+
+def participant_steps(sampler, participants: Sequence[np.ndarray], layouts=None, video_labels=None) -> np.ndarray:
+    """``[K] int64`` steps per epoch of every participant under ``sampler``."""
+    out = np.zeros(len(participants), np.int64)
+    for k, idx in enumerate(participants):
+        if idx.size:
+            out[k] = sampler.steps_per_epoch(idx.size, *_video_info(layouts, video_labels, k))
+    return out
+
+
+def _video_info(layouts, video_labels, k):
+    if layouts is None:
+        return None, None
+    lengths = np.asarray(layouts[k].lengths, np.int64)
+    real = lengths > 0
+    vl = None if video_labels is None else np.asarray(video_labels[k], bool)[: int(real.sum())]
+    return lengths[real], vl
 
 
 def make_plan(
@@ -199,42 +298,48 @@ def make_plan(
     round_index: int,
     num_steps: int | None = None,
     num_participants: int | None = None,
+    sampler=None,
+    layouts: Sequence[Layout] | None = None,
+    video_labels: Sequence[np.ndarray] | None = None,
 ) -> BatchPlan:
     """Batches of every participant for one round.
 
-    Each epoch visits all of a participant's rows once (a fresh permutation per
-    epoch if ``shuffle``, seeded by ``(seed, round, participant, epoch)``;
-    otherwise split order). Participants are padded to ``num_steps`` with
-    invalid steps and to ``num_participants`` with fully masked participants.
+    Each epoch's batches come from ``sampler`` (default
+    :class:`SegmentSampler` of ``batch_size``: all of a participant's rows
+    once, in a fresh permutation per epoch if ``shuffle``, else split order);
+    the permutation generator is seeded by ``(seed, round, participant,
+    epoch)``. Participants are padded to ``num_steps`` with invalid steps and
+    to ``num_participants`` with fully masked participants. ``layouts`` /
+    ``video_labels`` are handed to samplers that batch by video.
     """
+    sampler = SegmentSampler(batch_size) if sampler is None else sampler
+    b = int(sampler.rows_per_step)
     k_real = len(participants)
     k = k_real if num_participants is None else num_participants
-    counts = np.array([p.size for p in participants], np.int64)
-    t = plan_steps(counts, batch_size, epochs) if num_steps is None else num_steps
-    rows = np.zeros((k, t, batch_size), np.int32)
-    positions = np.zeros((k, t, batch_size), np.int32)
-    row_mask = np.zeros((k, t, batch_size), bool)
+    spes = participant_steps(sampler, participants, layouts, video_labels)
+    t = max(1, int(spes.max(initial=0)) * epochs) if num_steps is None else num_steps
+    rows = np.zeros((k, t, b), np.int32)
+    positions = np.zeros((k, t, b), np.int32)
+    row_mask = np.zeros((k, t, b), bool)
     step_valid = np.zeros((k, t), bool)
     for p, idx in enumerate(participants):
         n = idx.size
         if n == 0:
             continue
-        spe = int(-(-n // batch_size))
+        spe = int(spes[p])
         if spe * epochs > t:
             raise ValueError(f"participant {p} needs {spe * epochs} steps, plan has {t}")
+        lengths, vl = _video_info(layouts, video_labels, p)
         for e in range(epochs):
-            if shuffle:
-                order = np.random.default_rng([seed, round_index, p, e]).permutation(n)
-            else:
-                order = np.arange(n)
-            flat_pos = np.zeros(spe * batch_size, np.int64)
-            flat_pos[:n] = order
-            mask = np.zeros(spe * batch_size, bool)
-            mask[:n] = True
+            rng = np.random.default_rng([seed, round_index, p, e]) if shuffle else None
+            pos, mask = sampler.epoch(n, lengths, vl, rng)
+            if pos.shape != (spe, b) or mask.shape != (spe, b):
+                raise ValueError(f"sampler {type(sampler).__name__} gave {pos.shape} positions for participant "
+                                 f"{p}, expected {(spe, b)}")
             sl = slice(e * spe, (e + 1) * spe)
-            positions[p, sl] = flat_pos.reshape(spe, batch_size)
-            rows[p, sl] = np.where(mask, idx[flat_pos], 0).reshape(spe, batch_size)
-            row_mask[p, sl] = mask.reshape(spe, batch_size)
+            positions[p, sl] = np.where(mask, pos, 0)
+            rows[p, sl] = np.where(mask, idx[np.where(mask, pos, 0)], 0)
+            row_mask[p, sl] = mask
             step_valid[p, sl] = True
     return BatchPlan(rows, positions, row_mask, step_valid)
 

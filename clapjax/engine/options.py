@@ -35,6 +35,12 @@ class TrainOptions:
       batch_size: segments per local step; the last partial batch is masked.
       optimizer: local optax optimiser ("sgd" or "adam"), re-initialised each round.
       lr: local learning rate. momentum: SGD momentum (0 = plain SGD).
+      nesterov: Nesterov momentum (SGD with momentum > 0; torch's
+        ``nesterov=True``).
+      lr_milestones: 0-based rounds from which the learning rate is
+        multiplied by ``lr_decay`` once more (a step schedule over rounds,
+        like torch's ``MultiStepLR`` stepped once per epoch; () = constant).
+      lr_decay: factor of ``lr_milestones``.
       l2: L2 regulariser ``l2/2 · ‖θ‖²`` (gradient ``l2·θ``, like torch's
         ``weight_decay=l2``). The paper uses "BCE + L2" without a value.
       shuffle: reshuffle each participant's segments every epoch (False = split
@@ -97,6 +103,9 @@ class TrainOptions:
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.0
+    nesterov: bool = False
+    lr_milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
     l2: float = 1e-4
     shuffle: bool = True
     aggregator: Aggregator = "fedavg"
@@ -147,6 +156,12 @@ class TrainOptions:
                 raise ValueError(f"TrainOptions.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= int(self.seed) <= SEED_MAX:
             raise ValueError(f"TrainOptions.seed must be in [0, {SEED_MAX}], got {self.seed}")
+        if any(int(m) < 0 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"TrainOptions.lr_milestones must be ascending rounds >= 0, got {self.lr_milestones}")
+        if not self.lr_decay > 0:
+            raise ValueError(f"TrainOptions.lr_decay must be > 0, got {self.lr_decay}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError("TrainOptions.nesterov needs optimizer='sgd' with momentum > 0")
         if self.plr_start_round is not None and self.plr_start_round < 0:
             raise ValueError(f"TrainOptions.plr_start_round must be >= 0 or None, got {self.plr_start_round}")
 
@@ -166,3 +181,11 @@ class TrainOptions:
 
     def replace(self, **changes) -> "TrainOptions":
         return dataclasses.replace(self, **changes)
+
+    def round_lr(self, round_index: int) -> float:
+        """The local learning rate of 0-based round ``round_index`` (``lr_milestones``)."""
+        drops = sum(1 for m in self.lr_milestones if round_index >= int(m))
+        lr = self.lr
+        for _ in range(drops):
+            lr = lr * self.lr_decay
+        return lr

@@ -8,25 +8,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clapjax import model as model_lib
-from clapjax.model import ModelOptions
+from clapjax.engine.method import Method, as_method
 
 _SCORE_FNS: dict = {}
 
 
-def _score_fn(options: ModelOptions):
-    if options not in _SCORE_FNS:
-        _SCORE_FNS[options] = jax.jit(lambda p, x: model_lib.score(p, x, options))
-    return _SCORE_FNS[options]
+def _score_fn(method: Method):
+    if method not in _SCORE_FNS:
+        _SCORE_FNS[method] = jax.jit(lambda p, x: method.score(p, x))
+    return _SCORE_FNS[method]
 
 
 def score_segments(
     params,
     features: np.ndarray | Iterable[np.ndarray],
-    options: ModelOptions,
+    options,
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Segment probabilities ``[S] float32`` of features ``[S, C, D]`` (or ``[S, D]``).
+    """Segment scores ``[S] float32`` of features ``[S, C, D]`` (or ``[S, D]``)
+    under ``options``: a method (its ``score``), or a ``ModelOptions`` (CLAP's
+    scorer: segment probabilities).
 
     ``features`` may be an np.ndarray / np.memmap or a host row store such as
     :class:`clapjax.data.store.PackedFeatures` (read in chunks of
@@ -37,7 +38,7 @@ def score_segments(
     from clapjax.engine.backends import prefetched
     from clapjax.engine.data import is_row_store
 
-    fn = _score_fn(options)
+    fn = _score_fn(as_method(options))
     if not isinstance(features, np.ndarray) and not is_row_store(features):
         outs = [np.asarray(fn(params, jnp.asarray(_as3d(np.asarray(b, np.float32))))) for b in features]
         return np.concatenate(outs) if outs else np.zeros(0, np.float32)
