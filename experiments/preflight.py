@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from clapjax import model as model_lib
 from clapjax import pipeline, resources
 from experiments.config import ResolvedRun
 
@@ -25,7 +24,8 @@ def workload(resolved: ResolvedRun, train_source, test_source) -> resources.Work
     crops, dim = int(train_source.crops), int(train_source.feature_dim)
     row_bytes = 4 * crops * dim
     plr = 0 if train.plr_start_round is None else max(0, train.rounds - train.plr_start_round)
-    shapes = jax.eval_shape(lambda k: model_lib.init_params(resolved.model, dim, k, crops), jax.random.key(0))
+    method = resolved.build_method()
+    shapes = jax.eval_shape(lambda k: method.init_params(dim, crops, k), jax.random.key(0))
     params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
     return resources.Workload(
         train_segments=int(lengths.sum()),
