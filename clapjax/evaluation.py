@@ -1,7 +1,9 @@
 """Frame-level evaluation of segment scores (SPEC §4).
 
 Segment scores are repeated x16 to frames (per video, in list order),
-concatenated, and compared with the concatenated frame ground truth. Metrics:
+concatenated, and compared with the concatenated frame ground truth; features
+compressed to a fixed number of segments give each segment its own frame
+count (``segment_frames``). Metrics:
 
 * ``auc``: ROC-AUC, ties handled like ``sklearn.metrics.roc_auc_score``.
 * ``ap_sklearn``: ``sklearn.metrics.average_precision_score`` (step integral of
@@ -50,23 +52,28 @@ def frame_scores(
     segment_scores: ArrayLike | Sequence[ArrayLike],
     lengths: ArrayLike,
     names: Sequence[str] | None = None,
+    segment_frames: ArrayLike | None = None,
 ) -> np.ndarray:
-    """Repeats segment scores x16 to frames.
+    """Repeats segment scores x16 (or x ``segment_frames``) to frames.
 
     Args:
       segment_scores: ``[S]`` packed scores in video order, or a list of N
         per-video arrays ``[m_i]``.
       lengths: ``[N]`` segments per video.
       names: optional video names for error messages.
+      segment_frames: optional ``[S] int`` frames per segment (compressed
+        features); default 16 each.
 
     Returns:
-      ``[16 * S] float64`` frame scores.
+      ``[16 * S] float64`` (or ``[sum(segment_frames)]``) frame scores.
 
     Raises:
       ValueError: naming the first video whose scores do not match its length.
     """
-    seg = _segment_scores(segment_scores, _check_lengths(lengths), names)
-    return np.repeat(seg, FRAMES_PER_SEGMENT)
+    lengths = _check_lengths(lengths)
+    seg = _segment_scores(segment_scores, lengths, names)
+    counts = _segment_frame_counts(segment_frames, lengths)
+    return np.repeat(seg, FRAMES_PER_SEGMENT if counts is None else counts)
 
 
 def _segment_scores(
@@ -196,11 +203,26 @@ def ap_trapezoid(y_true: ArrayLike, y_score: ArrayLike) -> float:
     return _ap_trapezoid(*_binary_inputs(y_true, y_score))
 
 
+def _segment_frame_counts(segment_frames, lengths: np.ndarray) -> np.ndarray | None:
+    """Validated ``[S] int64`` frames per segment, or None for 16 each."""
+    if segment_frames is None:
+        return None
+    counts = np.asarray(segment_frames).reshape(-1)
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"segment_frames must be integers, got dtype {counts.dtype}")
+    if counts.size != int(lengths.sum()):
+        raise ValueError(f"segment_frames has {counts.size} entries for {int(lengths.sum())} test segments")
+    if (counts < 0).any():
+        raise ValueError("segment_frames must be >= 0")
+    return counts.astype(np.int64)
+
+
 def frame_metrics(
     segment_scores: ArrayLike | Sequence[ArrayLike],
     test_lengths: ArrayLike,
     gt: ArrayLike,
     names: Sequence[str] | None = None,
+    segment_frames: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Frame-level ROC-AUC and both APs from segment scores.
 
@@ -208,8 +230,13 @@ def frame_metrics(
       segment_scores: ``[S_test]`` packed scores in test-list order (or a list
         of per-video ``[m_i]`` arrays).
       test_lengths: ``[N] int`` segments per test video; ``S_test = sum``.
-      gt: ``[16 * S_test]`` frame labels in {0, 1}, concatenated in list order.
+      gt: ``[F]`` frame labels in {0, 1}, concatenated in list order;
+        ``F = 16 * S_test`` unless ``segment_frames`` is given.
       names: optional ``[N]`` video names used in error messages.
+      segment_frames: optional ``[S_test] int`` frames each segment's score
+        covers (features compressed to a fixed number of segments, e.g.
+        :func:`clapjax.data.sultani_segment_frames`); default 16 each.
+        ``F = sum(segment_frames)``; a segment of 0 frames is not scored.
 
     Returns:
       ``{"auc", "ap_sklearn", "ap_trapezoid"}`` as Python floats.
@@ -222,23 +249,39 @@ def frame_metrics(
     lengths = _check_lengths(test_lengths)
     seg = _segment_scores(segment_scores, lengths, names)
     gt = np.asarray(gt).reshape(-1)
-    expected = FRAMES_PER_SEGMENT * int(lengths.sum())
+    counts = _segment_frame_counts(segment_frames, lengths)
+    if counts is None:
+        seg_frames = np.full(int(lengths.sum()), FRAMES_PER_SEGMENT, np.int64)
+        how = f"= 16 x {int(lengths.sum())} segments"
+    else:
+        seg_frames = counts
+        how = "= the frames their segments cover"
+    expected = int(seg_frames.sum())
     if gt.size != expected:
-        frame_ends = FRAMES_PER_SEGMENT * np.cumsum(lengths)
+        video_ends = np.cumsum(seg_frames)[np.cumsum(lengths) - 1]
         if gt.size > expected:
             where = f"{gt.size - expected} extra frames after the last video {_video_name(names, lengths.size - 1)}"
         else:
-            i = int(np.searchsorted(frame_ends, gt.size, side="right"))
+            i = int(np.searchsorted(video_ends, gt.size, side="right"))
             where = f"the ground truth ends inside video {_video_name(names, min(i, lengths.size - 1))}"
         raise ValueError(
             f"frame ground truth has {gt.size} frames but the test features have "
-            f"{expected} (= 16 x {int(lengths.sum())} segments); {where}. "
+            f"{expected} ({how}); {where}. "
             "Ground truth is never truncated: regenerate it for these features"
         )
     if not np.isin(gt, (0, 1)).all():
         raise ValueError("frame ground truth must hold only 0 and 1")
-    pos = gt.reshape(-1, FRAMES_PER_SEGMENT).sum(axis=1, dtype=np.float64)
-    neg = FRAMES_PER_SEGMENT - pos
+    if counts is None:
+        pos = gt.reshape(-1, FRAMES_PER_SEGMENT).sum(axis=1, dtype=np.float64)
+    else:
+        # Frames of one segment share its score: per-segment positive counts.
+        owner = np.repeat(np.arange(seg_frames.size), seg_frames)
+        pos = np.bincount(owner, weights=gt.astype(np.float64), minlength=seg_frames.size)
+    neg = seg_frames.astype(np.float64) - pos
+    if counts is not None:
+        # A segment covering no frame is no threshold of the frame-level curves.
+        keep = seg_frames > 0
+        seg, pos, neg = seg[keep], pos[keep], neg[keep]
     tps, fps = _curve(seg, pos, neg)
     return {
         "auc": _roc_auc(tps, fps),

@@ -82,7 +82,8 @@ class TrainingSet(NamedTuple):
       video_ranges: K ``(start, stop)`` video ranges, one per participant.
       row_ranges: K ``(start, stop)`` row ranges, one per participant.
       participant_names: K names.
-      true_video_labels: ``[N] bool`` true video labels (the dataset table's).
+      true_video_labels: ``[N] bool`` true video labels (the dataset table's), or
+        None when unknown (a custom dataset with unlabelled training videos).
       true_segment_labels: ``[S] uint8`` true segment labels, or None when unknown.
     """
 
@@ -123,13 +124,17 @@ class EvalSet(NamedTuple):
       features: ``[S_test, C, D] float32``.
       lengths: ``[N_test] int64``.
       names: ``[N_test]`` video names.
-      ground_truth: ``[16 · S_test] uint8`` frame labels.
+      ground_truth: ``[16 · S_test] uint8`` frame labels (``[sum(segment_frames)]``
+        for compressed features).
+      segment_frames: ``[S_test] int64`` frames per segment when the features
+        are compressed to a fixed number of segments, else None (16 each).
     """
 
     features: np.ndarray
     lengths: np.ndarray
     names: tuple[str, ...]
     ground_truth: np.ndarray
+    segment_frames: np.ndarray | None = None
 
 
 def _source_positions(source, table_indices: np.ndarray) -> np.ndarray:
@@ -227,18 +232,31 @@ def load_training_set(source, split: Split, progress: Progress | None = None,
         video_ranges=tuple(video_ranges),
         row_ranges=tuple(row_ranges),
         participant_names=tuple(split.participant_names),
-        true_video_labels=np.asarray(split.table.anomalous[order], bool),
+        true_video_labels=(np.asarray(split.table.anomalous[order], bool)
+                           if getattr(split.table, "labels_known", True) else None),
         true_segment_labels=true_segments,
     )
 
 
-def load_test_set(source, ground_truth=None) -> EvalSet:
-    """Reads the whole test set and its frame ground truth (``clapjax.data``)."""
+def load_test_set(source, ground_truth=None, gt_check: str = "error") -> EvalSet:
+    """Reads the whole test set and its frame ground truth (``clapjax.data``).
+
+    ``ground_truth``/``gt_check``: a user's ground truth and how a
+    disagreement with the annotations is handled
+    (:func:`clapjax.data.frame_ground_truth`). The ground truth is read
+    first, so that a bad one is refused before any feature is read.
+    """
     from clapjax import data as data_lib
 
+    gt = data_lib.frame_ground_truth(source, ground_truth, check=gt_check)
+    seg_fn = getattr(source, "segment_frames", None)
+    seg_frames = None
+    if seg_fn is not None:
+        counts = np.concatenate([np.asarray(seg_fn(i), np.int64) for i in range(len(source.names))])
+        if (counts != 16).any():
+            seg_frames = counts
     features, _ = source.read_many(np.arange(len(source.names)))
-    gt = data_lib.frame_ground_truth(source, ground_truth)
-    return EvalSet(features, np.asarray(source.lengths, np.int64), tuple(source.names), gt)
+    return EvalSet(features, np.asarray(source.lengths, np.int64), tuple(source.names), gt, seg_frames)
 
 
 # ------------------------------------------------------------------ pseudo-labels
@@ -310,6 +328,8 @@ def video_labels(ts: TrainingSet, stats: np.ndarray, opts: PseudoLabelOptions,
     weak = np.zeros(n, bool) if weak_videos is None else np.asarray(weak_videos, bool)
     if weak.shape != (n,):
         raise ValueError(f"weak_videos must have one flag per video ({n}), got shape {weak.shape}")
+    if weak.any() and ts.true_video_labels is None:
+        raise ValueError("weak supervision needs true video labels, which these training videos lack")
     out = np.zeros(ts.layout.num_videos, bool)
     used = np.zeros_like(out)
     notes = []
@@ -319,7 +339,8 @@ def video_labels(ts: TrainingSet, stats: np.ndarray, opts: PseudoLabelOptions,
                 warnings.simplefilter("ignore", vpl.VPLWarning)
                 result = vpl.fit_video_pseudo_labels(stats[a:b], opts)
             out[a:b] = result.labels
-            used[a:b] = np.where(weak[a:b], ts.true_video_labels[a:b], result.labels)
+            used[a:b] = (result.labels if ts.true_video_labels is None
+                         else np.where(weak[a:b], ts.true_video_labels[a:b], result.labels))
             notes.append(result.note)
             st.update(k + 1)
     return out, used, tuple(notes)
@@ -476,12 +497,14 @@ def evaluate(engine: Engine, state: EngineState, test: EvalSet) -> dict[str, Any
     """
     if engine.opts.setting != "local":
         scores = score_test_set(engine, state, test)
-        m = evaluation.frame_metrics(scores, test.lengths, test.ground_truth, test.names)
+        m = evaluation.frame_metrics(scores, test.lengths, test.ground_truth, test.names,
+                                     test.segment_frames)
         return dict(m, scores=scores, per_participant=None)
     per, all_scores = [], []
     for k in range(engine.num_participants):
         s = score_test_set(engine, state, test, k)
-        per.append(evaluation.frame_metrics(s, test.lengths, test.ground_truth, test.names))
+        per.append(evaluation.frame_metrics(s, test.lengths, test.ground_truth, test.names,
+                                            test.segment_frames))
         all_scores.append(s)
     out = {key: float(np.mean([p[key] for p in per])) for key in ("auc", "ap_sklearn", "ap_trapezoid")}
     return dict(out, scores=np.stack(all_scores), per_participant=per)

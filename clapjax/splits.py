@@ -5,6 +5,11 @@ Official splits are JSON files ``splits/<dataset>/<kind>_<K>.json`` holding
 ``{"participants": [[train index, ...], ...], "participant_names": [...]}``;
 the order of indices inside a participant is the reference code's training
 order and is preserved.
+
+Custom datasets (:func:`clapjax.data.custom_dataset`): the generators take the
+dataset's train table instead of a dataset name, and :func:`from_file` reads a
+given split as JSON (video indices or names) or as a two-column text file
+``video participant`` (one line per training video).
 """
 
 from __future__ import annotations
@@ -70,7 +75,15 @@ class Split:
         return np.asarray(out, np.int64).reshape(-1, 2)
 
     def to_json(self) -> dict:
-        """The split in the shipped JSON format."""
+        """The split in the shipped JSON format (video names for custom datasets)."""
+        if self.dataset not in tables.DATASETS:
+            return {
+                "dataset": self.dataset,
+                "split": self.kind,
+                "num_participants": self.num_participants,
+                "participants": [self.names(k) for k in range(self.num_participants)],
+                "participant_names": list(self.participant_names),
+            }
         return {
             "dataset": self.dataset,
             "split": self.kind,
@@ -156,8 +169,23 @@ def describe_available() -> str:
     return " | ".join(parts)
 
 
-def from_json(path: str | Path, dataset: str | None = None) -> Split:
-    """Reads and validates a split file in the shipped JSON format."""
+def _train_table(dataset: str | tables.VideoTable) -> tables.VideoTable:
+    if isinstance(dataset, tables.VideoTable):
+        if dataset.part != "train":
+            raise ValueError(f"splits divide training videos; got the {dataset.part} table")
+        return dataset
+    return tables.load_table(dataset, "train")
+
+
+def from_json(path: str | Path, dataset: str | tables.VideoTable | None = None) -> Split:
+    """Reads and validates a split file in the shipped JSON format.
+
+    Args:
+      path: the JSON file. ``participants`` holds train-table indices or
+        video names (names are resolved against the table).
+      dataset: ``"ucf"``/``"xd"`` (else the file's ``dataset`` field), or a
+        custom dataset's train table.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -167,17 +195,37 @@ def from_json(path: str | Path, dataset: str | None = None) -> Split:
         raise SplitError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or "participants" not in data:
         raise SplitError(f"{path}: missing field 'participants'")
-    ds_field = data.get("dataset", dataset)
-    if ds_field is None:
-        raise SplitError(f"{path}: missing field 'dataset' (or pass dataset=)")
-    ds = tables.canonical_dataset(ds_field)
-    if dataset is not None and tables.canonical_dataset(dataset) != ds:
-        raise SplitError(f"{path}: split is for dataset {ds!r}, not {dataset!r}")
+    if isinstance(dataset, tables.VideoTable):
+        table = _train_table(dataset)
+        ds = table.dataset
+        field = data.get("dataset")
+        if field is not None and str(field) != ds and (
+                ds not in tables.DATASETS or tables.canonical_dataset(field) != ds):
+            raise SplitError(f"{path}: split is for dataset {field!r}, not {ds!r}")
+    else:
+        ds_field = data.get("dataset", dataset)
+        if ds_field is None:
+            raise SplitError(f"{path}: missing field 'dataset' (or pass dataset=)")
+        ds = tables.canonical_dataset(ds_field)
+        if dataset is not None and tables.canonical_dataset(dataset) != ds:
+            raise SplitError(f"{path}: split is for dataset {ds!r}, not {dataset!r}")
+        table = tables.load_table(ds, "train")
     raw = data["participants"]
     if not isinstance(raw, list) or not all(isinstance(p, list) for p in raw):
-        raise SplitError(f"{path}: 'participants' must be a list of lists of indices")
+        raise SplitError(f"{path}: 'participants' must be a list of lists of indices or video names")
     parts = []
     for k, p in enumerate(raw):
+        if all(isinstance(i, str) for i in p) and p:
+            idx = []
+            for v in p:
+                try:
+                    idx.append(table.index_of(v))
+                except KeyError:
+                    raise SplitError(
+                        f"{path}: participant {k}: video {v!r} is not a training video of "
+                        f"{table.source or ds}") from None
+            parts.append(np.asarray(idx, np.int64))
+            continue
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in p):
             raise SplitError(f"{path}: participant {k} holds a non-integer index")
         parts.append(np.asarray(p, np.int64))
@@ -192,8 +240,53 @@ def from_json(path: str | Path, dataset: str | None = None) -> Split:
         kind=str(data.get("split", "custom")),
         participants=tuple(parts),
         participant_names=tuple(str(n) for n in names),
-        table=tables.load_table(ds, "train"),
+        table=table,
         source=str(path.name),
+    )
+    return validate(split)
+
+
+def from_file(path: str | Path, dataset: str | tables.VideoTable | None = None) -> Split:
+    """Reads a given split: JSON (:func:`from_json`) or a two-column text file.
+
+    The text form has one line per training video, ``video participant``
+    (whitespace- or comma-separated; ``#`` comments); participants are named
+    freely and ordered by first appearance; a participant's videos keep the
+    file's order.
+
+    Raises:
+      FileNotFoundError, SplitError: naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    if path.suffix.lower() == ".json":
+        return from_json(path, dataset)
+    table = _train_table(dataset if dataset is not None else "ucf")
+    groups: dict[str, list[int]] = {}
+    for no, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f for f in re.split(r"[\s,]+", line) if f]
+        if len(fields) != 2:
+            raise SplitError(f"{path} line {no}: {line!r}; expected 'video participant'")
+        video, who = fields
+        from clapjax.data.sources import video_name_from_path
+
+        name = video_name_from_path(video)
+        try:
+            i = table.index_of(name)
+        except KeyError:
+            raise SplitError(f"{path} line {no}: video {name!r} is not a training video of "
+                             f"{table.source or table.dataset}") from None
+        groups.setdefault(who, []).append(i)
+    if not groups:
+        raise SplitError(f"{path}: no 'video participant' lines")
+    split = Split(
+        dataset=table.dataset, kind="custom",
+        participants=tuple(np.asarray(v, np.int64) for v in groups.values()),
+        participant_names=tuple(groups), table=table, source=str(path.name),
     )
     return validate(split)
 
@@ -222,21 +315,36 @@ def _deal(indices: np.ndarray, k: int, offset: int = 0) -> list[np.ndarray]:
     return [indices[(np.arange(indices.size) + offset) % k == j] for j in range(k)]
 
 
-def random_split(dataset: str, participants: int, seed: int = 0) -> Split:
+def random_split(dataset: str | tables.VideoTable, participants: int, seed: int = 0) -> Split:
     """Random split with balanced normal/anomalous counts per participant.
 
     Anomalous and normal videos are shuffled separately (seeded) and dealt
     round-robin, so every participant gets ``N/K`` videos of each class up to one.
-    Within a participant videos keep train-list order.
+    Within a participant videos keep train-list order. A custom train table
+    whose labels are unknown (``labels_known=False``) is shuffled and dealt
+    as one class.
+
+    Args:
+      dataset: ``"ucf"``/``"xd"`` or a custom dataset's train table.
     """
-    table = tables.load_table(dataset, "train")
+    table = _train_table(dataset)
     k = int(participants)
+    rng = np.random.default_rng(seed)
+    if not table.labels_known:
+        if not 1 <= k <= len(table):
+            raise ValueError(f"participants must be between 1 and {len(table)} (the number of "
+                             f"training videos), got {participants}")
+        parts = tuple(np.sort(p) for p in _deal(rng.permutation(len(table)), k))
+        return validate(Split(
+            dataset=table.dataset, kind="random", participants=parts,
+            participant_names=tuple(f"p{j}" for j in range(k)), table=table,
+            source=f"random_split({table.dataset}, K={k}, seed={seed}, labels unknown)",
+        ))
     if not 1 <= k <= int(table.anomalous.sum()):
         raise ValueError(
             f"participants must be between 1 and {int(table.anomalous.sum())} "
             f"(the number of anomalous videos), got {participants}"
         )
-    rng = np.random.default_rng(seed)
     anom = rng.permutation(np.flatnonzero(table.anomalous))
     norm = rng.permutation(np.flatnonzero(~table.anomalous))
     # Offset the normal deal so that participants short of an anomalous video
@@ -256,17 +364,19 @@ def random_split(dataset: str, participants: int, seed: int = 0) -> Split:
     )
 
 
-def event_split(dataset: str = "ucf", seed: int = 0) -> Split:
+def event_split(dataset: str | tables.VideoTable = "ucf", seed: int = 0) -> Split:
     """Clean event split: one participant per anomaly class.
 
     Each participant holds all anomalous videos of its class (by class name, so
     without the official file's extra first video of the next class) and an
-    equal, seeded random share of the normal videos.
+    equal, seeded random share of the normal videos. Works on UCF-Crime and
+    on a custom train table whose annotations give every video a class.
     """
-    table = tables.load_table(dataset, "train")
-    if table.dataset != "ucf":
+    table = _train_table(dataset)
+    if table.dataset == "xd" or not table.labels_known:
         raise ValueError(
-            "event splits need event classes, which only UCF-Crime has; "
+            "event splits need the event class of every training video, which only UCF-Crime "
+            "and fully annotated custom datasets have; "
             f"valid: {describe_available()}"
         )
     classes = np.asarray(table.classes)

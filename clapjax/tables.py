@@ -27,6 +27,10 @@ _ALIASES = {
 FEATURE_SHAPE = {"ucf": (10, 2048), "xd": (5, 1024)}
 #: Frames per segment of the standard features.
 FRAMES_PER_SEGMENT = 16
+#: Meaning of ``start-end`` in each shipped test table: UCF-Crime inclusive
+#: ``[start, end]`` (RTFM's ``make_gt_ucf.py``), XD-Violence half-open
+#: ``[start, end)`` (the XD ground-truth scripts). See ``clapjax.data.groundtruth``.
+INTERVAL_CONVENTION = {"ucf": "inclusive", "xd": "half_open"}
 
 
 def splits_dir() -> Path:
@@ -55,7 +59,8 @@ class VideoTable:
     """One part (train or test) of a dataset, one row per video, in list order.
 
     Attributes:
-      dataset: ``"ucf"`` or ``"xd"``.
+      dataset: ``"ucf"`` or ``"xd"`` (or a custom dataset's name, see
+        :func:`clapjax.data.custom_dataset`).
       part: ``"train"`` or ``"test"``.
       names: ``[N]`` video names.
       classes: ``[N]`` event class (UCF) or label code (XD, ``"A"`` = normal).
@@ -63,8 +68,25 @@ class VideoTable:
       n_segments: ``[N] int64`` number of 16-frame segments.
       n_frames: ``[N] int64`` frames of the frame ground truth (test only,
         else ``16 * n_segments``).
-      anomaly_frames: per video, a tuple of ``(start, end)`` frame intervals
-        (test only; empty tuples for train and normal videos).
+      anomaly_frames: per video, a tuple of ``(start, end)`` 0-based frame
+        intervals (test only; empty tuples for train and normal videos).
+      source: where the table came from (for error messages).
+      labels_known: whether ``anomalous`` holds true labels. False for a
+        custom dataset whose training videos are unlabelled (CLAP never needs
+        them; only the pseudo-label quality report and weak supervision do).
+      interval_convention: ``"inclusive"`` or ``"half_open"`` meaning of
+        ``anomaly_frames``; None = the dataset's
+        :data:`clapjax.data.INTERVAL_CONVENTION`.
+      video_frames: ``[N] int64`` true frame counts of the videos when known
+        (an extraction manifest or an annotation file with frame counts),
+        ``-1`` where unknown; None = unknown for all.
+      segment_frames: per video, ``[m_i] int64`` frames covered by each
+        feature row, for features compressed to a fixed number of segments
+        (Sultani's 32); None = 16 frames per segment for every video.
+      frame_truth: ``anomaly_frames`` are the true anomalous frames of every
+        video, so true segment labels follow from them (custom datasets whose
+        training videos are annotated). The shipped tables' training parts
+        have no intervals (False).
     """
 
     dataset: str
@@ -76,6 +98,11 @@ class VideoTable:
     n_frames: np.ndarray
     anomaly_frames: tuple[tuple[tuple[int, int], ...], ...]
     source: str = ""
+    labels_known: bool = True
+    interval_convention: str | None = None
+    video_frames: np.ndarray | None = None
+    segment_frames: tuple[np.ndarray | None, ...] | None = None
+    frame_truth: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -83,6 +110,25 @@ class VideoTable:
     @property
     def total_segments(self) -> int:
         return int(self.n_segments.sum())
+
+    @property
+    def convention(self) -> str:
+        """Meaning of ``anomaly_frames``: ``"inclusive"`` or ``"half_open"``."""
+        if self.interval_convention is not None:
+            return self.interval_convention
+        return INTERVAL_CONVENTION[self.dataset]
+
+    def frames_of_segments(self, i: int) -> np.ndarray:
+        """``[m_i] int64`` frames covered by each feature row of video ``i``."""
+        if self.segment_frames is not None and self.segment_frames[i] is not None:
+            return np.asarray(self.segment_frames[i], np.int64)
+        return np.full(int(self.n_segments[i]), FRAMES_PER_SEGMENT, np.int64)
+
+    def true_frames(self, i: int) -> int | None:
+        """True frame count of video ``i`` if known (manifest or annotation), else None."""
+        if self.video_frames is None or int(self.video_frames[i]) < 0:
+            return None
+        return int(self.video_frames[i])
 
     def index_of(self, name: str) -> int:
         """Index of a video by name; a clear error if it does not exist."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import tyro
@@ -34,6 +34,9 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
 PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots")
+#: Flags that only a custom dataset (--dataset custom) takes.
+CUSTOM_ONLY = ("annotations", "test_features_dir", "transductive", "segment_frames",
+               "annotation_format", "annotation_convention")
 
 PseudoLabelOverrides = option_groups.override_class(PseudoLabelOptions, "PseudoLabelOverrides")
 ModelOverrides = option_groups.override_class(ModelOptions, "ModelOverrides")
@@ -52,11 +55,13 @@ class RunConfig:
 
     Writes a run directory (config.json, metrics.jsonl, summary.json,
     checkpoints/) and prints one line per round. Features are synthetic unless
-    --features-dir is given; synthetic numbers are not comparable to the paper's.
+    --features-dir (or feature lists) are given; synthetic numbers are not
+    comparable to the paper's. --dataset custom runs on your own features,
+    video lists and annotations.
     """
 
-    dataset: Literal["ucf", "xd"] = "ucf"
-    """Dataset whose structure (videos, lengths, splits, test ground truth) is used."""
+    dataset: Literal["ucf", "xd", "custom"] = "ucf"
+    """Dataset whose structure (videos, lengths, splits, test ground truth) is used; custom: your own (--features-dir, --annotations)."""
     split: Literal["random", "event", "scene"] = "random"
     """Participant split kind (official split files unless --split-file/--generate-split)."""
     participants: Optional[int] = None
@@ -72,7 +77,33 @@ class RunConfig:
     local_epochs: Optional[int] = None
     """Local epochs per round (default: the variant's, 1)."""
     features_dir: Optional[Path] = None
-    """Directory of real I3D features; synthetic features when absent."""
+    """Directory of real features (searched recursively: <video>.npy, <video>_i3d.npy, <video>__<crop>.npy, Sultani <video>.txt); synthetic features when absent."""
+    train_list: Optional[Path] = None
+    """ucf/xd: a feature .list file (RTFM/UR-DMU/XDVioDet paths) or, with --train-array, the released CLAP code's path,start,end list. custom: the training videos (names or paths, one per line)."""
+    test_list: Optional[Path] = None
+    """The test videos (names, paths or a feature .list; ucf/xd: a subset of the test table, numbers then not comparable to the paper's). custom default: every annotated video with features."""
+    train_array: Optional[Path] = None
+    """ucf/xd: one concatenated training feature array (S, [crops,] D), rows per video from the --train-list path,start,end list."""
+    test_array: Optional[Path] = None
+    """ucf/xd: one concatenated test feature array, rows from the --test-list path,start,end list."""
+    feature_layout: Literal["auto", "segments-first", "crops-first"] = "auto"
+    """Axis order of 3-D per-video files: (segments, crops, D) or (crops, segments, D); auto decides from the known segment counts (table or manifest)."""
+    test_features_dir: Optional[Path] = None
+    """custom: a separate folder of test features (default --features-dir)."""
+    annotations: tuple[Path, ...] = ()
+    """custom: temporal annotation file(s): Sultani's 'name class s1 e1 s2 e2' text (0-based inclusive), the same with frame counts ('name frames class s1 e1 ...'), or UCSD's .mat (1-based ranges)."""
+    annotation_format: Literal["auto", "sultani", "sultani-frames", "ucsd-mat"] = "auto"
+    """custom: format of --annotations (auto: .mat -> ucsd-mat, text from its first line)."""
+    annotation_convention: Literal["auto", "inclusive", "half-open", "inclusive-1based"] = "auto"
+    """custom: meaning of start/end in --annotations (auto: the format's own, sultani 0-based inclusive, ucsd-mat 1-based inclusive)."""
+    transductive: bool = False
+    """custom: train (unlabelled) on every video of --features-dir, the test videos included."""
+    segment_frames: Literal["auto", "clips", "sultani"] = "auto"
+    """custom: clips = one feature row per 16-frame clip; sultani = each video compressed to a fixed number of segments (32), mapped to frames through its clips; auto = sultani where the row count is not the clip count of the video's known frame count."""
+    ground_truth: Optional[Path] = None
+    """Your own frame ground truth: one concatenated .npy in test-list order, or a folder of <video>.npy; checked against the annotated intervals."""
+    ground_truth_check: Literal["error", "warn"] = "error"
+    """When --ground-truth disagrees with the annotated intervals (videos named): refuse (error) or warn."""
     train_segment_labels: Optional[Path] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
     preset: Literal["default", "tiny"] = "default"
@@ -114,6 +145,7 @@ class ResolvedRun:
 
     Attributes:
       config: the parsed configuration.
+      custom: the :class:`clapjax.data.CustomDataset` of ``--dataset custom`` (else None).
       split: participants of the training set (centralized: one participant).
       federated_split: the split before centralisation (for reports).
       pseudo_labels / model / train: the resolved option objects.
@@ -131,6 +163,7 @@ class ResolvedRun:
     weak: np.ndarray
     workdir: Path
     split_label: str
+    custom: Any = None
 
     @property
     def num_participants(self) -> int:
@@ -143,7 +176,7 @@ class ResolvedRun:
 
     @property
     def synthetic(self) -> bool:
-        return self.config.features_dir is None
+        return uses_synthetic(self.config)
 
     def record(self) -> dict:
         """config.json's ``run`` and ``resolved`` parts (compared on resume)."""
@@ -167,6 +200,10 @@ class ResolvedRun:
                 "participants": [[int(i) for i in p] for p in self.federated_split.participants],
             },
         }
+        if self.custom is not None:
+            resolved["split"]["participant_videos"] = [
+                self.federated_split.names(k) for k in range(self.federated_split.num_participants)]
+            resolved["dataset"] = self.custom.describe()
         return {"run": run, "resolved": resolved}
 
 
@@ -179,9 +216,65 @@ def _official_choices(dataset: str) -> str:
                      for kind, ks in by_kind.items())
 
 
-def load_split(config: RunConfig) -> tuple[splits_lib.Split, str]:
-    """The training split named by the configuration, and its short label."""
+def _is_feature_list(path: Path | None) -> bool:
+    """A list whose entries are feature files (or path,start,end rows), not bare names."""
+    if path is None or not Path(path).is_file():
+        return False
+    for raw in Path(path).read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            token = line.split()[0]
+            return token.endswith((".npy", ".txt")) or token.count(",") == 2
+    return False
+
+
+def uses_synthetic(config: RunConfig) -> bool:
+    """Whether the run reads the embedded synthetic features."""
+    if config.dataset == "custom":
+        return False
+    return (config.features_dir is None and config.train_array is None and config.test_array is None
+            and not _is_feature_list(config.train_list))
+
+
+def _custom_split(config: RunConfig, table) -> tuple[splits_lib.Split, str]:
+    """Split of a custom dataset: given (--split-file) or generated from --seed."""
+    if config.split_file is not None:
+        try:
+            split = splits_lib.from_file(config.split_file, table)
+        except (FileNotFoundError, splits_lib.SplitError) as err:
+            raise ConfigError(str(err)) from None
+        if config.participants is not None and config.participants != split.num_participants:
+            raise ConfigError(f"--participants {config.participants} but {config.split_file} has "
+                              f"{split.num_participants} participants (omit --participants)")
+        return split, f"file_{Path(config.split_file).stem}"
+    kind = config.split
+    k = config.participants if config.participants is not None else DEFAULT_PARTICIPANTS[kind]
+    try:
+        if kind == "random":
+            split = splits_lib.random_split(table, k, seed=config.seed)
+        elif kind == "event":
+            split = splits_lib.event_split(table, seed=config.seed)
+        else:
+            raise ConfigError("--split scene needs the official UCF-Crime scenes; for a custom "
+                              "dataset give the participants with --split-file FILE")
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"--split {kind} on the custom dataset: {err}") from None
+    if split.num_participants != k and config.participants is not None:
+        raise ConfigError(f"the custom dataset's event split has {split.num_participants} "
+                          f"participants (one per anomaly class), not {k}; omit --participants")
+    return split, f"{kind}gen"
+
+
+def load_split(config: RunConfig, table=None) -> tuple[splits_lib.Split, str]:
+    """The training split named by the configuration, and its short label.
+
+    ``table``: a custom dataset's train table (``--dataset custom``).
+    """
     ds = config.dataset
+    if table is not None:
+        return _custom_split(config, table)
     if config.split_file is not None:
         if config.generate_split:
             raise ConfigError("--split-file and --generate-split exclude each other")
@@ -249,10 +342,72 @@ def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, 
 
 
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
-    """``runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>`` (relative to cwd)."""
+    """``runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>`` (relative to cwd;
+    a custom dataset is named ``custom-<features folder>``)."""
+    ds = config.dataset
+    if ds == "custom" and config.features_dir is not None:
+        folder = Path(config.features_dir)
+        ds = f"custom-{folder.name or folder.resolve().name}"
     return Path("runs") / (
-        f"{config.dataset}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
+        f"{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
     )
+
+
+def _check_data_flags(config: RunConfig) -> None:
+    """Feature, list and annotation flags: existence and valid combinations."""
+    for flag in ("features_dir", "test_features_dir", "train_segment_labels"):
+        value = getattr(config, flag)
+        if value is not None and not Path(value).is_dir():
+            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such directory")
+    for flag in ("train_list", "test_list", "train_array", "test_array", "split_file"):
+        value = getattr(config, flag)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"--{flag.replace('_', '-')} {value}: no such file")
+    for path in config.annotations:
+        if not Path(path).is_file():
+            raise ConfigError(f"--annotations {path}: no such file")
+    if config.ground_truth is not None and not Path(config.ground_truth).exists():
+        raise ConfigError(f"--ground-truth {config.ground_truth}: no such file or directory")
+    if config.dataset == "custom":
+        if config.features_dir is None:
+            raise ConfigError("--dataset custom needs --features-dir DIR (your extracted features)")
+        if not config.annotations:
+            raise ConfigError("--dataset custom needs --annotations FILE (the test videos' anomaly "
+                              "intervals: Sultani's 'name class s1 e1 s2 e2' text or UCSD's .mat)")
+        for flag in ("train_array", "test_array"):
+            if getattr(config, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} applies to ucf/xd; a custom dataset "
+                                  "reads per-video files from --features-dir")
+        if config.preset != "default":
+            raise ConfigError("--preset selects synthetic data; it cannot be combined with --dataset custom")
+        return
+    defaults = RunConfig()
+    for flag in CUSTOM_ONLY:
+        if getattr(config, flag) != getattr(defaults, flag):
+            hint = (" (ucf/xd annotations ship with the repository; --ground-truth FILE gives your "
+                    "own frame ground truth)" if flag == "annotations" else "")
+            raise ConfigError(f"--{flag.replace('_', '-')} applies to --dataset custom{hint}")
+    if config.train_list is not None and not _is_feature_list(config.train_list):
+        raise ConfigError(f"--train-list {config.train_list}: for {config.dataset} it lists feature files "
+                          "(.npy/.txt paths, or path,start,end rows); the training videos come from "
+                          "the split (--split-file to choose them)")
+    if config.train_array is not None and not _is_feature_list(config.train_list):
+        raise ConfigError("--train-array needs --train-list LIST of path,start,end rows (the released CLAP code's list)")
+    if config.test_array is not None and not _is_feature_list(config.test_list):
+        raise ConfigError("--test-array needs --test-list LIST of path,start,end rows (the released CLAP code's list)")
+    if uses_synthetic(config):
+        if config.train_list is not None:
+            raise ConfigError("--train-list names feature files; with synthetic features there are none")
+        if config.feature_layout != "auto":
+            raise ConfigError("--feature-layout applies to real feature files")
+    else:
+        if config.preset != "default":
+            raise ConfigError("--preset selects synthetic data; it cannot be combined with real features")
+        has_test = (config.features_dir is not None or config.test_array is not None
+                    or _is_feature_list(config.test_list))
+        if not has_test:
+            raise ConfigError("real training features but no test features: give --features-dir, "
+                              "--test-list FEATURE_LIST or --test-array")
 
 
 def validate(config: RunConfig) -> ResolvedRun:
@@ -261,25 +416,18 @@ def validate(config: RunConfig) -> ResolvedRun:
     Raises:
       ConfigError: any invalid flag or combination, naming the valid choices.
     """
-    if config.dataset not in tables.DATASETS:
-        raise ConfigError(f"--dataset {config.dataset!r}; valid: {', '.join(tables.DATASETS)}")
+    if config.dataset not in tables.DATASETS + ("custom",):
+        raise ConfigError(f"--dataset {config.dataset!r}; valid: {', '.join(tables.DATASETS)}, custom")
     if config.participants is not None and config.participants < 1:
         raise ConfigError(f"--participants must be >= 1, got {config.participants}")
     for name in ("rounds", "local_epochs"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if config.features_dir is not None:
-        if not Path(config.features_dir).is_dir():
-            raise ConfigError(f"--features-dir {config.features_dir}: no such directory")
-        if config.preset != "default":
-            raise ConfigError("--preset selects synthetic data; it cannot be combined with --features-dir")
-    if config.train_segment_labels is not None:
-        if config.features_dir is None:
-            raise ConfigError("--train-segment-labels applies to real features (--features-dir); "
-                              "synthetic data know their labels")
-        if not Path(config.train_segment_labels).is_dir():
-            raise ConfigError(f"--train-segment-labels {config.train_segment_labels}: no such directory")
+    _check_data_flags(config)
+    if config.train_segment_labels is not None and uses_synthetic(config):
+        raise ConfigError("--train-segment-labels applies to real features (--features-dir); "
+                          "synthetic data know their labels")
     if config.preset not in PRESETS:
         raise ConfigError(f"--preset {config.preset!r}; valid: {', '.join(PRESETS)}")
     if config.setting != "collaborative" and config.aggregator != "fedavg":
@@ -292,7 +440,20 @@ def validate(config: RunConfig) -> ResolvedRun:
     if config.plots and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--plots needs matplotlib: pip install 'clapjax[plots]'")
 
-    split, label = load_split(config)
+    custom = None
+    if config.dataset == "custom":
+        from clapjax import data
+
+        custom = data.custom_dataset(
+            config.features_dir, annotations=config.annotations, train_list=config.train_list,
+            test_list=config.test_list, test_features_dir=config.test_features_dir,
+            transductive=config.transductive, layout=config.feature_layout.replace("-", "_"),
+            segment_frames=config.segment_frames,
+            annotation_format=config.annotation_format.replace("-", "_"),
+            annotation_convention=config.annotation_convention.replace("-", "_"),
+            name="custom",
+        )
+    split, label = load_split(config, None if custom is None else custom.train_table)
     if config.videos_per_participant is not None:
         if config.videos_per_participant < 1:
             raise ConfigError(f"--videos-per-participant must be >= 1, got {config.videos_per_participant}")
@@ -306,6 +467,9 @@ def validate(config: RunConfig) -> ResolvedRun:
         raise ConfigError("--weak-labels N and --weak-participants exclude each other")
     if not 0 <= config.weak_labels <= k:
         raise ConfigError(f"--weak-labels must be between 0 and K={k}, got {config.weak_labels}")
+    if (config.weak_labels or config.weak_participants) and not split.table.labels_known:
+        raise ConfigError("weak supervision (--weak-labels/--weak-participants) needs the true video "
+                          "labels of the training videos; annotate every training video in --annotations")
     weak[: config.weak_labels] = True
     for i in config.weak_participants:
         if not 0 <= i < k:
@@ -335,4 +499,4 @@ def validate(config: RunConfig) -> ResolvedRun:
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
     return ResolvedRun(config=config, split=run_split, federated_split=split,
                        pseudo_labels=pseudo, model=model, train=train, weak=weak,
-                       workdir=workdir, split_label=label)
+                       workdir=workdir, split_label=label, custom=custom)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,28 +39,64 @@ class RunHooks:
 
 def _features_description(resolved: ResolvedRun) -> str:
     c = resolved.config
-    if c.features_dir is not None:
-        return f"real features from {c.features_dir}"
+    if c.dataset == "custom":
+        test = f", test features from {c.test_features_dir}" if c.test_features_dir else ""
+        return f"custom dataset: real features from {c.features_dir}{test}"
+    if not resolved.synthetic:
+        origin = c.features_dir or c.train_array or c.train_list
+        return f"real features from {origin}"
     return f"synthetic features (preset {c.preset})"
 
 
 def open_sources(resolved: ResolvedRun):
-    """Train and test feature sources of the configuration."""
+    """Train and test feature sources of the configuration, checked against each other.
+
+    Only the files of the videos the run uses are opened: the training videos
+    of the (possibly shrunk) split, and the test videos (``--test-list``).
+    """
     from clapjax import data
 
     c = resolved.config
-    if c.features_dir is not None:
-        return (data.open_source(c.dataset, "train", features_dir=c.features_dir),
-                data.open_source(c.dataset, "test", features_dir=c.features_dir))
-    cfg = data.SyntheticConfig.preset(c.preset)
-    return (data.open_source(c.dataset, "train", synthetic=cfg),
-            data.open_source(c.dataset, "test", synthetic=cfg))
+    if resolved.custom is not None:
+        return resolved.custom.train, resolved.custom.test
+    used = np.unique(np.concatenate([np.asarray(p, np.int64) for p in resolved.split.participants]))
+    test_videos = None if c.test_list is None else data.read_video_list(c.test_list)
+    if resolved.synthetic:
+        cfg = data.SyntheticConfig.preset(c.preset)
+        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used),
+                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos))
+    layout = c.feature_layout.replace("-", "_")
+
+    def origin(array, listing) -> dict:
+        if array is not None:
+            return dict(concatenated=array, ranges=listing)
+        from experiments.config import _is_feature_list
+
+        if _is_feature_list(listing):
+            return dict(features_dir=c.features_dir, list_file=listing, layout=layout)
+        return dict(features_dir=c.features_dir, layout=layout)
+
+    train = data.open_source(c.dataset, "train", videos=used, **origin(c.train_array, c.train_list))
+    test = data.open_source(c.dataset, "test", videos=test_videos, **origin(c.test_array, c.test_list))
+    data.check_compatible(train, test)
+    return train, test
 
 
 def pseudo_label_report(ts, pl) -> dict[str, Any]:
     """Quality of VPL and SPL against the truth (``pseudo_labels.json``)."""
     from clapjax.report import quality
 
+    if ts.true_video_labels is None:  # a custom dataset with unlabelled training videos
+        unknown = {"accuracy": None, "per_participant": [None] * ts.num_participants}
+        return {
+            "vpl": unknown, "video_labels_used": unknown,
+            "pseudo_anomalous_videos": [int(pl.video_labels[a:b].sum()) for a, b in ts.video_ranges],
+            "true_anomalous_videos": None,
+            "vpl_notes": list(pl.notes),
+            "null": {"mean": pl.null_means, "var": pl.null_vars, "count": pl.null_counts},
+            "participants": list(ts.participant_names),
+            "spl": None, "spl_note": "training labels unknown",
+        }
     out: dict[str, Any] = {
         "vpl": quality.participant_video_accuracy(pl.vpl, ts.true_video_labels, ts.video_ranges),
         "video_labels_used": quality.participant_video_accuracy(
@@ -174,14 +211,22 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
                                              if rd.resumed else ""))
     if resolved.synthetic:
         rep.info("note: synthetic features; numbers are not comparable to the paper's I3D results")
+    for note in (resolved.custom.notes if resolved.custom is not None else ()):
+        rep.info(f"note: {note}")
+    if config.dataset != "custom" and config.test_list is not None:
+        rep.info(f"note: test videos from {config.test_list}; numbers on a test subset are not "
+                 "comparable to the paper's")
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
     train_source, test_source = open_sources(resolved)
     ts = pipeline.load_training_set(train_source, resolved.split, rep,
                                     segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"):
-        test = pipeline.load_test_set(test_source)
+    with rep.stage("reading test features"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
+    for w in caught:  # ground-truth notes (unevaluated intervals, --ground-truth-check warn)
+        rep.warn(str(w.message))
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 
@@ -328,11 +373,12 @@ def main(argv: Sequence[str] | None = None, *, hooks: RunHooks | None = None) ->
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Console entry point: clear one-line errors and exit status 2 for bad input."""
+    from clapjax.data import DataError
     from clapjax.report.rundir import RunDirError
 
     try:
         main(argv)
-    except (ConfigError, RunDirError) as e:
+    except (ConfigError, RunDirError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

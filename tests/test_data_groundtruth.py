@@ -1,5 +1,7 @@
 """Frame ground truth: intervals, the real tables' end-of-video rule, gt files."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,80 @@ def test_shortened_synthetic_intervals_agree():
         np.testing.assert_array_equal(seg, src.true_segment_labels(i))
         assert seg.any() == bool(src.table.anomalous[src.table_index[i]])
         start += 16 * m
+
+
+# ------------------------------------------------------------ a user's ground truth
+
+
+def _anomalous_source(tmp_path):
+    """Four anomalous and two normal UCF test videos of different lengths."""
+    table = tables.load_table("ucf", "test")
+    anomalous = [i for i in range(len(table)) if table.anomalous[i]][:4]
+    normal = [i for i in range(len(table)) if not table.anomalous[i]][:2]
+    src, _ = _real_test_source(tmp_path, anomalous + normal)
+    return src, table
+
+
+def test_user_gt_checked_against_the_annotations(tmp_path):
+    src, table = _anomalous_source(tmp_path)
+    want = frame_ground_truth(src)
+    np.testing.assert_array_equal(frame_ground_truth(src, want), want)
+    # Another convention (half-open ends) and segment-resolution ground truth agree
+    # within the boundary tolerance.
+    half = frame_ground_truth(src, convention="half_open")
+    assert (half != want).sum() > 0
+    np.testing.assert_array_equal(frame_ground_truth(src, half), half)
+    seg = np.repeat(want.reshape(-1, 16).any(axis=1), 16).astype(np.uint8)
+    frame_ground_truth(src, seg)
+    # All-zero ground truth of the anomalous videos: refused, each video named.
+    zero = np.zeros_like(want)
+    np.save(tmp_path / "gt-zero.npy", zero)
+    with pytest.raises(DataError) as info:
+        frame_ground_truth(src, tmp_path / "gt-zero.npy")
+    msg = str(info.value)
+    assert "\n" not in msg and "gt-zero.npy" in msg and "for 4 of 6 videos" in msg
+    for name in src.names[:4]:
+        assert f"{name!r} (annotated" in msg
+    assert "ground truth all 0" in msg and "splits/ucf/test_videos.csv" in msg
+    # check="warn" accepts it with the same message; "off" says nothing.
+    with pytest.warns(UserWarning, match="for 4 of 6 videos"):
+        np.testing.assert_array_equal(frame_ground_truth(src, zero, check="warn"), zero)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame_ground_truth(src, zero, check="off")
+
+
+def test_user_gt_in_the_wrong_video_order(tmp_path):
+    src, table = _anomalous_source(tmp_path)
+    want = frame_ground_truth(src)
+    ends = np.cumsum(16 * src.lengths)
+    parts = np.split(want, ends[:-1])
+    shuffled = np.concatenate([parts[k] for k in (2, 0, 3, 1, 5, 4)])
+    assert shuffled.size == want.size
+    with pytest.raises(DataError, match=r"another video order\? It must follow the test list order"):
+        frame_ground_truth(src, shuffled)
+    # A per-video folder with one file swapped names the two videos.
+    folder = tmp_path / "per_video"
+    folder.mkdir()
+    for name, p in zip(src.names, parts):
+        np.save(folder / f"{name}.npy", p)
+    np.save(folder / f"{src.names[4]}.npy", np.ones_like(parts[4]))
+    with pytest.raises(DataError, match=rf"for 1 of 6 videos: '{src.names[4]}' \(normal; ground truth marks"):
+        frame_ground_truth(src, folder)
+
+
+def test_all_zero_gt_moves_a_perfect_detector(tmp_path):
+    """Why the check exists: the whole UCF test table, a perfect segment scorer."""
+    from clapjax.evaluation import frame_metrics
+
+    table = tables.load_table("ucf", "test")
+    gt = frame_ground_truth(table)
+    scores = gt.reshape(-1, 16).mean(axis=1)
+    assert frame_metrics(scores, table.n_segments, gt)["auc"] > 0.9999
+    bad = gt.copy()
+    ends = np.cumsum(table.n_frames)
+    for i in np.flatnonzero(table.anomalous)[:77]:
+        bad[ends[i] - table.n_frames[i]:ends[i]] = 0
+    assert frame_metrics(scores, table.n_segments, bad)["auc"] < 0.98  # silently worse
+    with pytest.raises(DataError, match="for 77 of 290 videos"):
+        frame_ground_truth(table, bad)

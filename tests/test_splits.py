@@ -147,6 +147,9 @@ def test_from_json_rejects_duplicates_and_bad_fields(tmp_path):
     with pytest.raises(splits.SplitError, match="lists video 0"):
         splits.from_json(_write(tmp_path, [[0] + list(range(n))]))
     with pytest.raises(splits.SplitError, match="non-integer index"):
+        splits.from_json(_write(tmp_path, [[0, "a"]]))
+    # Video names are resolved against the table, and unknown names refused.
+    with pytest.raises(splits.SplitError, match="video 'a' is not a training video"):
         splits.from_json(_write(tmp_path, [["a"]]))
     with pytest.raises(splits.SplitError, match="num_participants says 3"):
         splits.from_json(_write(tmp_path, [list(range(n))], num_participants=3))

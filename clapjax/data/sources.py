@@ -1,4 +1,4 @@
-"""Feature sources: one small protocol over real I3D files and the generator.
+"""Feature sources: one small protocol over real feature files and the generator.
 
 A source holds N videos (by default every video of a dataset table, in table
 order, so split indices index it directly). Reading is per video or per batch,
@@ -6,18 +6,26 @@ never the whole dataset: ``.npy`` files are memory-mapped and only the rows of
 the requested videos are copied, cast to float32. Crops are kept
 (``[m, crops, D]``) or averaged (``crops="mean"`` -> ``[m, 1, D]``).
 
-Layouts read:
+Layouts read (each tested on tiny files in exactly that layout):
 
 * one file per video, ``(m, crops, D)`` or ``(m, D)``, named ``<video>.npy``
-  or ``<video>_i3d.npy`` (the RTFM UCF-Crime release);
+  or ``<video>_i3d.npy`` (the RTFM UCF-Crime release; this project's
+  extractor); the crops-first variant ``(crops, m, D)`` is recognised from
+  the segment counts the dataset table (or an extraction manifest) gives for
+  each video, never from the first file (see :func:`resolve_layout`);
 * one file per crop, ``<video>__<crop>.npy`` each ``(m, D)`` (the XD-Violence
   release and the 10-crop UCF-Crime release);
+* Sultani et al.'s C3D text files ``<video>.txt`` / ``<video>_C.txt`` (one
+  segment per line, e.g. 32 x 4096);
+* feature list files: one path per line (the ``*.list`` files of RTFM,
+  UR-DMU and XDVioDet; relative or absolute, whole-video or per-crop files);
 * one concatenated array ``(S, crops, D)`` or ``(S, D)`` plus ``[start, end)``
-  row ranges per video (the reference code's layout).
+  row ranges per video: an ``[N, 2]`` array, or the released CLAP code's list
+  file of ``path,start,end`` lines (:func:`read_ranges_list`).
 
 Files are found under a features directory (searched recursively) by the
-table's video names, or listed in a user list file (one path per line, the
-``*.list`` convention of RTFM/XDVioDet).
+table's video names, or listed in a list file. Only the videos a source is
+opened for need files (``videos=``).
 """
 
 from __future__ import annotations
@@ -43,18 +51,30 @@ from clapjax.data.validation import (
 from clapjax.packed import Layout, layout_from_lengths
 
 __all__ = [
+    "FEATURE_LAYOUTS",
     "ConcatenatedSource",
     "FeatureSource",
     "NpyFilesSource",
     "SourceBase",
+    "check_compatible",
     "locate_feature_files",
     "open_source",
     "read_list_file",
+    "read_ranges_list",
+    "resolve_layout",
     "true_segment_labels",
+    "video_name_from_path",
 ]
 
 CROP_MODES = ("keep", "mean")
+#: Axis order of 3-D per-video files: ``auto`` (from known segment counts),
+#: ``(m, crops, D)`` or ``(crops, m, D)``.
+FEATURE_LAYOUTS = ("auto", "segments_first", "crops_first")
 _CROP_RE = re.compile(r"^(?P<name>.+)__(?P<crop>\d+)$")
+#: File suffixes of the features of one whole video, most specific first.
+_WHOLE_SUFFIXES = ("_i3d.npy", ".npy", "_C.txt", ".txt")
+#: Extensions stripped from names in list and annotation files.
+_VIDEO_EXTS = (".npy", ".txt", ".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
 
 
 @runtime_checkable
@@ -62,7 +82,7 @@ class FeatureSource(Protocol):
     """What every feature source offers (indices are positions in ``names``).
 
     Attributes:
-      dataset: ``"ucf"`` or ``"xd"``.
+      dataset: ``"ucf"``, ``"xd"`` or the name of a custom dataset.
       part: ``"train"`` or ``"test"``.
       names: ``[N]`` video names.
       lengths: ``[N] int64`` segments per video.
@@ -92,11 +112,32 @@ def true_segment_labels(source: FeatureSource, i: int) -> np.ndarray | None:
     return None if fn is None else fn(i)
 
 
+def video_name_from_path(path: str | Path) -> str:
+    """Video name of a feature, video or list entry path.
+
+    Strips the folder, a video/feature extension and the feature suffixes
+    ``_i3d`` and ``_C`` (Sultani's text files); a crop suffix ``__<c>`` is
+    kept (see :func:`read_list_file`). ``Abuse/Abuse001_x264.mp4`` ->
+    ``Abuse001_x264``.
+    """
+    name = Path(str(path).strip()).name
+    low = name.lower()
+    for ext in _VIDEO_EXTS:
+        if low.endswith(ext):
+            name = name[: -len(ext)]
+            if ext == ".npy" and name.endswith("_i3d"):
+                name = name[: -len("_i3d")]
+            elif ext == ".txt" and name.endswith("_C"):
+                name = name[: -len("_C")]
+            break
+    return name
+
+
 class SourceBase(abc.ABC):
     """Shared behaviour: index checks, packing, crop averaging, table lookup.
 
     Subclasses set ``dataset, part, names, lengths, crops, feature_dim,
-    table_index`` and implement ``_read(i) -> [m_i, crops, D] float32``.
+    table_index, table`` and implement ``_read(i) -> [m_i, crops, D] float32``.
     """
 
     dataset: str
@@ -105,8 +146,10 @@ class SourceBase(abc.ABC):
     lengths: np.ndarray
     crops: int
     feature_dim: int
-    #: ``[N] int64`` row of each video in the dataset table (-1 if unknown).
+    #: ``[N] int64`` row of each video in ``table`` (-1 if not in it).
     table_index: np.ndarray
+    #: The dataset table the videos belong to (None: names only).
+    table: tables.VideoTable | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -114,6 +157,10 @@ class SourceBase(abc.ABC):
     @abc.abstractmethod
     def _read(self, i: int) -> np.ndarray:
         """Features of video ``i`` ``[m_i, crops, D] float32`` (index already checked)."""
+
+    def file_of(self, i: int) -> str:
+        """The (first) file holding video ``i``'s features, for messages."""
+        return "<generated>"
 
     def read(self, i: int) -> np.ndarray:
         """Features of video ``i``: ``[m_i, crops, D] float32``."""
@@ -124,7 +171,7 @@ class SourceBase(abc.ABC):
         out = self._read(i)
         if out.shape != (int(self.lengths[i]), self.crops, self.feature_dim):
             raise DataError(
-                f"video {self.names[i]!r}: read shape {out.shape}, expected "
+                f"video {self.names[i]!r} (file {self.file_of(i)}): read shape {out.shape}, expected "
                 f"{(int(self.lengths[i]), self.crops, self.feature_dim)}"
             )
         return out
@@ -152,22 +199,83 @@ class SourceBase(abc.ABC):
             raise DataError(f"video {name!r} is not in this {self._what()}")
         return lookup[name]
 
-    def anomaly_intervals(self, i: int) -> tuple[tuple[int, int], ...]:
-        """Annotated frame intervals of video ``i`` (from the table; test only)."""
+    def _table_row(self, i: int) -> int:
         t = int(self.table_index[i])
-        if t < 0:
+        if t < 0 or self.table is None:
             raise DataError(f"video {self.names[i]!r} is not in the {self.dataset} {self.part} table")
-        return tables.load_table(self.dataset, self.part).anomaly_frames[t]
+        return t
+
+    def anomaly_intervals(self, i: int) -> tuple[tuple[int, int], ...]:
+        """Annotated 0-based frame intervals of video ``i`` (from the table; test only)."""
+        return self.table.anomaly_frames[self._table_row(i)]
 
     def expected_frames(self, i: int) -> int | None:
         """Frames of video ``i``'s ground truth according to the table (None if unknown)."""
-        t = int(self.table_index[i])
-        if t < 0:
+        if self.table is None or int(self.table_index[i]) < 0:
             return None
-        return int(tables.load_table(self.dataset, self.part).n_frames[t])
+        return int(self.table.n_frames[int(self.table_index[i])])
+
+    def segment_frames(self, i: int) -> np.ndarray:
+        """``[m_i] int64`` frames covered by each feature row of video ``i`` (16 unless compressed)."""
+        t = int(self.table_index[i])
+        if self.table is None or t < 0 or self.table.segment_frames is None or self.table.segment_frames[t] is None:
+            return np.full(int(self.lengths[i]), tables.FRAMES_PER_SEGMENT, np.int64)
+        return self.table.frames_of_segments(t)
+
+    def true_frames(self, i: int) -> int | None:
+        """True frame count of video ``i`` when a manifest or annotation gives it."""
+        if self.table is None or int(self.table_index[i]) < 0:
+            return None
+        return self.table.true_frames(int(self.table_index[i]))
+
+    def true_segment_labels(self, i: int) -> np.ndarray | None:
+        """``[m_i] uint8`` true segment labels when the table has intervals for
+        this video's part (custom datasets with annotated training videos);
+        None otherwise."""
+        if self.table is None or not self.table.frame_truth:
+            return None
+        t = self._table_row(i)
+        from clapjax.data.groundtruth import video_frame_labels
+
+        frames = video_frame_labels(self.table, t, self.names[i])
+        counts = self.table.frames_of_segments(t)
+        if frames.size != int(counts.sum()):
+            return None
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        out = np.zeros(counts.size, np.uint8)
+        nz = counts > 0
+        out[nz] = np.maximum.reduceat(frames, starts[nz]) if frames.size else 0
+        return out
 
     def _what(self) -> str:
         return f"{self.dataset} {self.part} source"
+
+
+def check_compatible(train: FeatureSource, test: FeatureSource) -> None:
+    """Checks that train and test features can be used together, before any work.
+
+    The feature dimension and crop count come from the data; a model trained
+    on one cannot score the other.
+
+    Raises:
+      DataError: one line naming a file of each side and both values.
+    """
+    def where(src) -> str:
+        fn = getattr(src, "file_of", None)
+        return fn(0) if fn is not None else f"{src.dataset} {src.part} source"
+
+    if int(train.feature_dim) != int(test.feature_dim):
+        raise DataError(
+            f"feature dimension: training features have D={train.feature_dim} (file {where(train)}) "
+            f"but test features have D={test.feature_dim} (file {where(test)}); train and test "
+            "features must come from the same extractor"
+        )
+    if int(train.crops) != int(test.crops):
+        raise DataError(
+            f"crop count: training features have {train.crops} crops (file {where(train)}) but "
+            f"test features have {test.crops} (file {where(test)}); extract both with the same "
+            "crop mode, or pass crops='mean' (--crops mean) to average them"
+        )
 
 
 def _crop_reduce(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -201,39 +309,83 @@ def _resolve_videos(
     return idx
 
 
+# ------------------------------------------------------------------ list files
+
+
+def _list_lines(list_file: Path) -> list[tuple[int, str]]:
+    if not list_file.is_file():
+        raise DataError(f"feature list file not found: {list_file}")
+    try:
+        text = list_file.read_text()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{list_file}: not a text file ({err})") from None
+    out = []
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append((line_no, line))
+    return out
+
+
+_RANGE_LINE = re.compile(r"^(?P<path>[^,]+),\s*(?P<start>-?\d+)\s*,\s*(?P<end>-?\d+)\s*$")
+
+
 def read_list_file(
     list_file: str | Path, features_dir: str | Path | None = None
 ) -> dict[str, list[Path]]:
-    """Parses a feature list file (one ``.npy`` path per line).
+    """Parses a feature list file (one feature path per line).
 
-    Relative paths are taken relative to ``features_dir`` (or the list file's
-    folder). A listed path that does not exist is looked up by file name in
-    ``features_dir`` (list files often hold the authors' absolute paths).
+    The ``*.list`` convention of RTFM, UR-DMU and XDVioDet: the first
+    whitespace-separated field of a line is a ``.npy`` (or Sultani ``.txt``)
+    path, a whole-video file (``<video>.npy``, ``<video>_i3d.npy``) or one
+    crop of a video (``<video>__<c>.npy``, crops listed on consecutive or any
+    lines). Relative paths are taken relative to ``features_dir`` (or the
+    list file's folder). A listed path that does not exist is looked up by
+    file name in ``features_dir`` (list files often hold the authors'
+    absolute paths).
 
     Returns:
       video name -> file paths (one whole-video file, or crop files in crop
       order), in the list's order of first appearance.
+
+    Raises:
+      DataError: naming the list file and line: a non-feature path, a video
+        listed twice or both whole and per crop, missing crop numbers, or a
+        ``path,start,end`` line (that is the concatenated layout:
+        :func:`read_ranges_list`).
     """
     list_file = Path(list_file)
-    if not list_file.is_file():
-        raise DataError(f"feature list file not found: {list_file}")
     base = Path(features_dir) if features_dir is not None else list_file.parent
     crops: dict[str, dict[int, Path]] = {}
     whole: dict[str, Path] = {}
-    for line_no, raw in enumerate(list_file.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line)
+    order: list[str] = []
+    index: dict[str, list[Path]] | None = None
+    for line_no, line in _list_lines(list_file):
+        if _RANGE_LINE.match(line):
+            raise DataError(
+                f"{list_file} line {line_no}: {line!r} is a 'path,start,end' line of the "
+                "concatenated layout (the released CLAP code's list); pass it as the ranges "
+                "of the concatenated array (ranges=LIST, --concatenated ARRAY --ranges LIST)"
+            )
+        token = line.split()[0]
+        path = Path(token)
         if not path.is_absolute():
             path = base / path
         if not path.exists() and features_dir is not None:
-            path = Path(features_dir) / Path(line).name
-        if path.suffix != ".npy":
-            raise DataError(f"{list_file} line {line_no}: {line!r} is not an .npy file")
-        stem = path.name[: -len(".npy")]
+            # The authors' path: find the file by name under features_dir (any subfolder).
+            index = _index_dir(Path(features_dir)) if index is None else index
+            hits = index.get(Path(token).name, [])
+            if len(hits) > 1:
+                raise DataError(
+                    f"{list_file} line {line_no}: {len(hits)} files named {Path(token).name} under "
+                    f"{features_dir} ({hits[0]}, {hits[1]}, ...); keep one"
+                )
+            path = hits[0] if hits else Path(features_dir) / Path(token).name
+        if path.suffix not in (".npy", ".txt"):
+            raise DataError(f"{list_file} line {line_no}: {token!r} is not an .npy or .txt feature file")
+        stem = path.name[: -len(path.suffix)]
         m = _CROP_RE.match(stem)
-        if m:
+        if m and path.suffix == ".npy":
             name, crop = m.group("name"), int(m.group("crop"))
             if name in whole:
                 raise DataError(f"{list_file} line {line_no}: video {name!r} is listed both as one file and per crop")
@@ -241,16 +393,55 @@ def read_list_file(
                 raise DataError(f"{list_file} line {line_no}: crop {crop} of video {name!r} is listed twice")
             crops[name][crop] = path
         else:
-            name = stem[: -len("_i3d")] if stem.endswith("_i3d") else stem
+            name = video_name_from_path(path)
             if name in whole or name in crops:
                 raise DataError(f"{list_file} line {line_no}: video {name!r} is listed twice")
             whole[name] = path
+        if name not in order:
+            order.append(name)
+    if not order:
+        raise DataError(f"{list_file}: the list holds no feature files")
     out: dict[str, list[Path]] = {}
-    for name, path in whole.items():
-        out[name] = [path]
-    for name, by_crop in crops.items():
-        out[name] = _ordered_crops(name, by_crop, str(list_file))
+    for name in order:
+        out[name] = [whole[name]] if name in whole else _ordered_crops(name, crops[name], str(list_file))
     return out
+
+
+def read_ranges_list(list_file: str | Path) -> tuple[list[str], np.ndarray]:
+    """Parses the released CLAP code's list of ``path,start,end`` lines.
+
+    Each line names one video (by the file name in ``path``) and its
+    ``[start, end)`` rows in ONE concatenated feature array (e.g.
+    ``list/UCF_Train_ten_crop_i3d_complete_V1.txt`` with ``concat_UCF.npy``).
+
+    Returns:
+      ``(names [N], ranges [N, 2] int64)`` in list order.
+
+    Raises:
+      DataError: a line that is not ``path,start,end``, ``end <= start``, or a
+        video listed twice (naming the file and line).
+    """
+    list_file = Path(list_file)
+    names, ranges, seen = [], [], {}
+    for line_no, line in _list_lines(list_file):
+        m = _RANGE_LINE.match(line)
+        if not m:
+            raise DataError(
+                f"{list_file} line {line_no}: {line!r} is not 'path,start,end' (the released "
+                "CLAP code's list of [start, end) rows in one concatenated array)"
+            )
+        name = video_name_from_path(m.group("path"))
+        start, end = int(m.group("start")), int(m.group("end"))
+        if start < 0 or end <= start:
+            raise DataError(f"{list_file} line {line_no}: video {name!r}: bad row range [{start}, {end})")
+        if name in seen:
+            raise DataError(f"{list_file} line {line_no}: video {name!r} is listed twice (also line {seen[name]})")
+        seen[name] = line_no
+        names.append(name)
+        ranges.append((start, end))
+    if not names:
+        raise DataError(f"{list_file}: the list holds no videos")
+    return names, np.asarray(ranges, np.int64)
 
 
 def _ordered_crops(name: str, by_crop: dict[int, Path], where: str) -> list[Path]:
@@ -265,13 +456,13 @@ def _ordered_crops(name: str, by_crop: dict[int, Path], where: str) -> list[Path
 
 
 def _index_dir(features_dir: Path) -> dict[str, list[Path]]:
-    """All ``.npy`` files under ``features_dir`` by file name (recursive)."""
+    """All ``.npy``/``.txt`` files under ``features_dir`` by file name (recursive)."""
     if not features_dir.is_dir():
         raise DataError(f"features directory not found: {features_dir}")
     index: dict[str, list[Path]] = {}
     for root, _, files in os.walk(features_dir):
         for f in files:
-            if f.endswith(".npy"):
+            if f.endswith((".npy", ".txt")):
                 index.setdefault(f, []).append(Path(root) / f)
     return index
 
@@ -283,9 +474,10 @@ def locate_feature_files(
 ) -> list[list[Path]]:
     """Finds each video's feature file(s).
 
-    For every name, looks for ``<name>.npy``, ``<name>_i3d.npy`` or the crop
-    files ``<name>__0.npy, <name>__1.npy, ...`` in ``features_dir`` (any
-    subfolder), or takes the paths from ``list_file``.
+    For every name, looks for ``<name>.npy``, ``<name>_i3d.npy``, the crop
+    files ``<name>__0.npy, <name>__1.npy, ...`` or Sultani's text file
+    ``<name>.txt`` / ``<name>_C.txt`` in ``features_dir`` (any subfolder), or
+    takes the paths from ``list_file``. Only the named videos need files.
 
     Raises:
       DataError: a video with no file, or with several candidate files.
@@ -316,7 +508,7 @@ def locate_feature_files(
 
     out = []
     for name in names:
-        found = [p for p in (unique(f"{name}.npy", name), unique(f"{name}_i3d.npy", name)) if p]
+        found = [p for p in (unique(f"{name}{s}", name) for s in _WHOLE_SUFFIXES) if p]
         crop_files: dict[int, Path] = {}
         c = 0
         while (p := unique(f"{name}__{c}.npy", name)) is not None:
@@ -336,43 +528,147 @@ def locate_feature_files(
         else:
             raise DataError(
                 f"video {name!r}: feature file not found under {features_dir} (looked for "
-                f"{name}.npy, {name}_i3d.npy and {name}__<crop>.npy)"
+                f"{name}.npy, {name}_i3d.npy, {name}__<crop>.npy and {name}.txt)"
             )
     return out
 
 
-
-def _check_source_modes(crops: str, nonfinite: str, part: str) -> None:
-    """Validates the crop and non-finite handling options of a file source."""
+def _check_source_modes(crops: str, nonfinite: str, part: str, layout: str = "auto") -> None:
+    """Validates the crop, layout and non-finite handling options of a file source."""
     if crops not in CROP_MODES:
         raise ValueError(f"crops must be one of {CROP_MODES}, got {crops!r}")
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+    if layout not in FEATURE_LAYOUTS:
+        raise ValueError(f"layout must be one of {FEATURE_LAYOUTS}, got {layout!r}")
     if nonfinite == "drop" and part != "train":
         raise ValueError(
             "nonfinite='drop' is only allowed for training features: dropping test "
             "segments would misalign the frame ground truth"
         )
 
-class NpyFilesSource(SourceBase):
-    """Per-video ``.npy`` files, memory-mapped, one file per video or per crop.
 
-    Shapes are read from the file headers when the source is opened, so every
-    missing file, wrong dimension or crop count is reported before training;
-    feature values are read only by :meth:`read`.
+# ------------------------------------------------------------------ file shapes
+
+
+def _text_header(path: Path, video: str) -> tuple[int, int]:
+    """``(rows, columns)`` of a whitespace-separated text feature file (no parsing of values)."""
+    if not path.is_file():
+        raise DataError(f"video {video!r} (file {path}): feature file not found")
+    rows, cols = 0, None
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                rows += 1
+                if cols is None:
+                    cols = len(raw.split())
+    if rows == 0:
+        raise DataError(f"video {video!r} (file {path}): the video has 0 segments (empty text file)")
+    return rows, int(cols)
+
+
+def _load_text(path: Path, video: str, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        arr = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"video {video!r} (file {path}): not a numeric feature table ({err})") from None
+    if arr.shape != shape:
+        raise DataError(f"video {video!r} (file {path}): field shape {arr.shape}; expected {shape} (file changed?)")
+    return arr
+
+
+def _raw_shape(path: Path, video: str) -> tuple[int, ...]:
+    if path.suffix == ".txt":
+        return _text_header(path, video)
+    return npy_header(path, video)[0]
+
+
+def resolve_layout(
+    shapes: Sequence[tuple[int, ...]],
+    names: Sequence[str],
+    files: Sequence[str | Path],
+    expected_lengths: ArrayLike | None,
+    layout: str = "auto",
+) -> str:
+    """The axis order of 3-D per-video files: ``segments_first`` or ``crops_first``.
+
+    ``auto`` decides from the known segment count ``m`` of every video (the
+    dataset table, or an extraction manifest), never from one file: a 3-D
+    file ``(a, b, D)`` votes "segments first" when only ``a == m`` and
+    "crops first" when only ``b == m``; ``a == b == m`` is ambiguous and
+    votes for nothing, nor does a file matching neither (features of another
+    extraction). All votes must agree; the other files follow them. Without
+    any vote ``auto`` means ``segments_first`` (the RTFM release and every
+    extractor of this project), unless some file is ambiguous; a crops-first
+    file read that way shows up as a crop count that varies between videos,
+    and that error names the fix.
+
+    Raises:
+      DataError: files voting for both layouts, or ambiguous files and no
+        vote; each names the video and file, with the fix.
+    """
+    if layout != "auto":
+        return layout
+    if expected_lengths is None:
+        return "segments_first"
+    expected = np.asarray(expected_lengths, np.int64)
+    votes: dict[str, tuple[str, str]] = {}
+    ambiguous = None
+    for shape, name, file, m in zip(shapes, names, files, expected.tolist()):
+        if len(shape) != 3 or m < 0:
+            continue
+        a, b = shape[0], shape[1]
+        if a == m and b == m:
+            ambiguous = ambiguous or (name, str(file), shape)
+            continue
+        if a == m:
+            votes.setdefault("segments_first", (name, str(file)))
+        elif b == m:
+            votes.setdefault("crops_first", (name, str(file)))
+        if len(votes) > 1:
+            (n1, f1), (n2, f2) = votes["segments_first"], votes["crops_first"]
+            raise DataError(
+                f"mixed feature layouts: video {n1!r} (file {f1}) is (segments, crops, D) but "
+                f"video {n2!r} (file {f2}) is (crops, segments, D) by their known segment "
+                "counts; convert the files to one layout"
+            )
+    if votes:
+        return next(iter(votes))
+    if ambiguous is not None:
+        name, file, shape = ambiguous
+        raise DataError(
+            f"video {name!r} (file {file}): field shape {tuple(shape)} is ambiguous (both leading "
+            f"axes equal its {shape[0]} known segments) and no other video decides the layout; "
+            "pass layout='segments_first' or 'crops_first' (--feature-layout)"
+        )
+    return "segments_first"
+
+
+class NpyFilesSource(SourceBase):
+    """Per-video feature files, memory-mapped, one file per video or per crop.
+
+    Reads ``.npy`` files (memory-mapped) and Sultani's ``.txt`` files (parsed
+    when read). Shapes come from the file headers when the source is opened,
+    so every missing file, wrong dimension or crop count is reported before
+    training; feature values are read only by :meth:`read`.
 
     Args:
-      files: per video, ``[path]`` (``(m, crops, D)`` or ``(m, D)``) or the crop
-        files ``[crop0, crop1, ...]`` (each ``(m, D)``).
+      files: per video, ``[path]`` (``(m, crops, D)``, ``(crops, m, D)`` or
+        ``(m, D)``) or the crop files ``[crop0, crop1, ...]`` (each ``(m, D)``).
       names: video names (for errors and ground truth).
       dataset, part: what the videos are.
-      table_index: ``[N]`` rows in the dataset table (``-1`` = not in it).
+      table_index: ``[N]`` rows in ``table`` (``-1`` = not in it).
       crops: ``"keep"`` or ``"mean"``.
-      num_crops, feature_dim: expected sizes (default: those of the first video;
+      num_crops, feature_dim: expected sizes (default: those of the data;
         every video must agree).
       nonfinite: ``"error"`` (default) or ``"drop"`` (training only: segments
         holding NaN/inf are dropped with a warning; the whole source is scanned
         once when opened so that ``lengths`` are exact).
+      layout: axis order of 3-D files (:data:`FEATURE_LAYOUTS`, see
+        :func:`resolve_layout`).
+      expected_lengths: ``[N]`` known segment counts (``-1`` unknown) that
+        ``layout="auto"`` decides from; default: the table's ``n_segments``.
+      table: the dataset table of ``table_index``.
     """
 
     def __init__(
@@ -386,8 +682,12 @@ class NpyFilesSource(SourceBase):
         num_crops: int | None = None,
         feature_dim: int | None = None,
         nonfinite: str = "error",
+        *,
+        layout: str = "auto",
+        expected_lengths: ArrayLike | None = None,
+        table: tables.VideoTable | None = None,
     ):
-        _check_source_modes(crops, nonfinite, part)
+        _check_source_modes(crops, nonfinite, part, layout)
         if len(files) != len(names):
             raise ValueError(f"{len(files)} file lists for {len(names)} videos")
         if not names:
@@ -395,16 +695,32 @@ class NpyFilesSource(SourceBase):
         self.dataset = dataset
         self.part = part
         self.names = tuple(str(n) for n in names)
+        self.table = table
         self.table_index = (
             np.full(len(names), -1, np.int64) if table_index is None else np.asarray(table_index, np.int64)
         )
         self.files = tuple(tuple(Path(p) for p in f) for f in files)
         self.crop_mode = crops
         self.nonfinite = nonfinite
+        if expected_lengths is None and table is not None and (self.table_index >= 0).all():
+            expected_lengths = table.n_segments[self.table_index]
+        for name, paths in zip(self.names, self.files):
+            if len(paths) == 0:
+                raise DataError(f"video {name!r}: no feature file")
+        raw = [_raw_shape(paths[0], name) if len(paths) == 1 else None
+               for name, paths in zip(self.names, self.files)]
+        self.layout = resolve_layout(
+            [s for s in raw if s is not None],
+            [n for n, s in zip(self.names, raw) if s is not None],
+            [p[0] for p, s in zip(self.files, raw) if s is not None],
+            None if expected_lengths is None else np.asarray(expected_lengths)[[s is not None for s in raw]],
+            layout,
+        )
+        self._shapes = raw
         lengths = np.empty(len(names), np.int64)
         file_crops, dim = num_crops, feature_dim
         for i, (name, paths) in enumerate(zip(self.names, self.files)):
-            m, c, d = self._header(name, paths, file_crops, dim)
+            m, c, d = self._header(name, paths, raw[i], file_crops, dim)
             if file_crops is None:
                 file_crops = c
             if dim is None:
@@ -418,13 +734,23 @@ class NpyFilesSource(SourceBase):
             # One pass so that lengths account for dropped segments.
             self.lengths = np.asarray([self._read(i).shape[0] for i in range(len(names))], np.int64)
 
-    @staticmethod
-    def _header(name, paths, crops, dim) -> tuple[int, int, int]:
-        if len(paths) == 0:
-            raise DataError(f"video {name!r}: no feature file")
+    def file_of(self, i: int) -> str:
+        return str(self.files[i][0])
+
+    def _header(self, name, paths, raw, crops, dim) -> tuple[int, int, int]:
         if len(paths) == 1:
-            shape, _ = npy_header(paths[0], name)
-            return check_features(shape, video=name, file=paths[0], crops=crops, feature_dim=dim)
+            shape = tuple(raw)
+            if len(shape) == 3 and self.layout == "crops_first":
+                shape = (shape[1], shape[0], shape[2])
+            try:
+                return check_features(shape, video=name, file=paths[0], crops=crops, feature_dim=dim)
+            except DataError as err:
+                if "crop count" in str(err) and len(shape) == 3 and self.layout == "segments_first":
+                    raise DataError(
+                        f"{err}; if the files are (crops, segments, D), pass layout='crops_first' "
+                        "(--feature-layout crops-first)"
+                    ) from None
+                raise
         if crops is not None and len(paths) != crops:
             raise DataError(
                 f"video {name!r}: crop count {len(paths)} (files {paths[0].name} ...); expected {crops}"
@@ -444,13 +770,22 @@ class NpyFilesSource(SourceBase):
                 )
         return int(m0), len(paths), int(dim)
 
+    def _load_whole(self, i: int) -> np.ndarray:
+        path = self.files[i][0]
+        if path.suffix == ".txt":
+            arr = _load_text(path, self.names[i], tuple(self._shapes[i]))
+        else:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim == 2:
+            return arr[:, None, :]
+        if self.layout == "crops_first":
+            return arr.transpose(1, 0, 2)
+        return arr
+
     def _read(self, i: int) -> np.ndarray:
         name, paths = self.names[i], self.files[i]
         if len(paths) == 1:
-            arr = np.load(paths[0], mmap_mode="r", allow_pickle=False)
-            if arr.ndim == 2:
-                arr = arr[:, None, :]
-            out = _crop_reduce(arr, self.crop_mode)
+            out = _crop_reduce(self._load_whole(i), self.crop_mode)
         else:
             maps = [np.load(p, mmap_mode="r", allow_pickle=False) for p in paths]
             if self.crop_mode == "mean":
@@ -486,7 +821,7 @@ class ConcatenatedSource(SourceBase):
       array: path of the ``.npy`` array.
       ranges: ``[N, 2]`` int ``[start, end)`` rows per video, or a path to such
         an ``.npy`` file.
-      names, dataset, part, table_index, crops, nonfinite: as for
+      names, dataset, part, table_index, crops, nonfinite, table: as for
         :class:`NpyFilesSource`.
     """
 
@@ -502,6 +837,8 @@ class ConcatenatedSource(SourceBase):
         num_crops: int | None = None,
         feature_dim: int | None = None,
         nonfinite: str = "error",
+        *,
+        table: tables.VideoTable | None = None,
     ):
         _check_source_modes(crops, nonfinite, part)
         self.path = Path(array)
@@ -539,6 +876,7 @@ class ConcatenatedSource(SourceBase):
             raise DataError(f"file {self.path}: crop count {shape3[1]}; expected {num_crops}")
         self.dataset, self.part = dataset, part
         self.names = tuple(str(n) for n in names)
+        self.table = table
         self.table_index = (
             np.full(len(names), -1, np.int64) if table_index is None else np.asarray(table_index, np.int64)
         )
@@ -552,6 +890,9 @@ class ConcatenatedSource(SourceBase):
         if nonfinite == "drop":
             self.lengths = np.asarray([self._read(i).shape[0] for i in range(len(names))], np.int64)
 
+    def file_of(self, i: int) -> str:
+        return str(self.path)
+
     def _mmap(self) -> np.ndarray:
         if self._array is None:
             arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
@@ -564,8 +905,49 @@ class ConcatenatedSource(SourceBase):
         return finite_rows(out, video=self.names[i], file=self.path, nonfinite=self.nonfinite)
 
 
+def _is_ranges_list(path: Path) -> bool:
+    """True for a text list of ``path,start,end`` lines (not an ``.npy`` array)."""
+    if path.suffix == ".npy" or not path.is_file():
+        return False
+    lines = _list_lines(path)
+    return bool(lines) and _RANGE_LINE.match(lines[0][1]) is not None
+
+
+def _table_ranges(
+    table: tables.VideoTable, idx: np.ndarray, ranges: ArrayLike | str | Path
+) -> np.ndarray:
+    """``[len(idx), 2]`` rows of the chosen table videos from table-wide ranges or a CLAP list."""
+    if isinstance(ranges, (str, Path)) and _is_ranges_list(Path(ranges)):
+        names, rows = read_ranges_list(ranges)
+        lookup = {n: r for n, r in zip(names, rows)}
+        out = np.empty((idx.size, 2), np.int64)
+        for j, t in enumerate(idx.tolist()):
+            name = table.names[t]
+            if name not in lookup:
+                raise DataError(f"video {name!r}: not listed in {ranges}")
+            out[j] = lookup[name]
+            m = int(lookup[name][1] - lookup[name][0])
+            if m != int(table.n_segments[t]):
+                raise DataError(
+                    f"video {name!r} ({ranges}): rows [{lookup[name][0]}, {lookup[name][1]}) hold {m} "
+                    f"segments but {table.source} gives {int(table.n_segments[t])}; the list does "
+                    "not belong to these features"
+                )
+        return out
+    if isinstance(ranges, (str, Path)):
+        npy_header(Path(ranges), "<ranges>")
+        ranges = np.load(Path(ranges), allow_pickle=False)
+    ranges = np.asarray(ranges)
+    if ranges.ndim != 2 or ranges.shape[0] != len(table):
+        raise DataError(
+            f"ranges: {ranges.shape[0] if ranges.ndim else 0} rows; expected one per "
+            f"{table.dataset} {table.part} table video ({len(table)})"
+        )
+    return ranges[idx]
+
+
 def open_source(
-    dataset: str,
+    dataset: str | tables.VideoTable,
     part: str = "train",
     features_dir: str | Path | None = None,
     synthetic=None,
@@ -578,30 +960,42 @@ def open_source(
     nonfinite: str = "error",
     num_crops: int | None = None,
     feature_dim: int | None = None,
+    layout: str = "auto",
 ) -> SourceBase:
     """Opens the features of one part of a dataset.
 
     Exactly one of: ``synthetic`` (a :class:`clapjax.data.SyntheticConfig`),
     ``concatenated`` (+ ``ranges``), ``features_dir`` and/or ``list_file``.
+    Only the files of the chosen ``videos`` are needed.
 
     Args:
-      dataset: ``"ucf"`` or ``"xd"``.
+      dataset: ``"ucf"`` or ``"xd"``, or a :class:`clapjax.tables.VideoTable`
+        (e.g. of a custom dataset; ``part`` must match it).
       part: ``"train"`` or ``"test"``.
-      features_dir: folder holding per-video or per-crop ``.npy`` files.
+      features_dir: folder holding per-video, per-crop or text feature files.
       synthetic: generator configuration (the embedded default dataset).
-      list_file: file listing the ``.npy`` paths (one per line).
-      concatenated, ranges: one array and ``[N, 2]`` ``[start, end)`` rows per
-        table video (table order).
+      list_file: a ``.list`` file naming the feature files (one per line).
+      concatenated, ranges: one array and the ``[start, end)`` rows of the
+        videos: an ``[N_table, 2]`` array (or ``.npy``) in table order, or
+        the released CLAP code's ``path,start,end`` list file.
       videos: restrict to these table videos (indices or names), e.g. one
-        participant's own videos; the source's index ``i`` is then the position
-        in ``videos`` and ``source.table_index`` maps back. Default: all.
+        participant's own videos or the videos of a run; the source's index
+        ``i`` is then the position in ``videos`` and ``source.table_index``
+        maps back. Default: all.
       crops: ``"keep"`` -> ``[m, crops, D]``; ``"mean"`` -> ``[m, 1, D]``.
       nonfinite: ``"error"`` or ``"drop"`` (training only).
       num_crops, feature_dim: expected sizes, checked against every file
-        (defaults: whatever the first video has, the same for all).
+        (defaults: whatever the data hold, the same for all videos).
+      layout: axis order of 3-D per-video files (:func:`resolve_layout`).
     """
-    ds = tables.canonical_dataset(dataset)
-    table = tables.load_table(ds, part)
+    if isinstance(dataset, tables.VideoTable):
+        table = dataset
+        if table.part != part:
+            raise ValueError(f"the table is the {table.part} part; part={part!r} was requested")
+        ds = table.dataset
+    else:
+        ds = tables.canonical_dataset(dataset)
+        table = tables.load_table(ds, part)
     if nonfinite == "drop" and part != "train":
         raise ValueError(
             "nonfinite='drop' is only allowed for training features: dropping test "
@@ -618,29 +1012,21 @@ def open_source(
 
         if nonfinite != "error" or num_crops is not None or feature_dim is not None:
             raise ValueError("nonfinite/num_crops/feature_dim apply to real features; set sizes in SyntheticConfig")
+        if ds not in tables.DATASETS or table is not tables.load_table(ds, part):
+            raise ValueError("synthetic features exist for the shipped ucf/xd tables only")
         return SyntheticSource(ds, part, synthetic, videos=videos, crops=crops)
     idx = _resolve_videos(table, videos)
     names = [table.names[i] for i in idx]
     if concatenated is not None:
         if ranges is None:
-            raise ValueError("concatenated= needs ranges= ([N, 2] [start, end) rows per table video)")
-        if videos is not None:
-            if isinstance(ranges, (str, Path)):
-                npy_header(Path(ranges), "<ranges>")
-                ranges = np.load(Path(ranges), allow_pickle=False)
-            ranges = np.asarray(ranges)
-            if ranges.ndim != 2 or ranges.shape[0] != len(table):
-                raise DataError(
-                    f"ranges: {ranges.shape[0] if ranges.ndim else 0} rows; expected one per "
-                    f"{ds} {part} table video ({len(table)})"
-                )
-            ranges = ranges[idx]
+            raise ValueError("concatenated= needs ranges= ([N, 2] [start, end) rows per table video, or a path,start,end list)")
         return ConcatenatedSource(
-            concatenated, ranges, names, ds, part, table_index=idx, crops=crops,
-            num_crops=num_crops, feature_dim=feature_dim, nonfinite=nonfinite,
+            concatenated, _table_ranges(table, idx, ranges), names, ds, part, table_index=idx,
+            crops=crops, num_crops=num_crops, feature_dim=feature_dim, nonfinite=nonfinite,
+            table=table,
         )
     files = locate_feature_files(names, features_dir, list_file)
     return NpyFilesSource(
         files, names, ds, part, table_index=idx, crops=crops, num_crops=num_crops,
-        feature_dim=feature_dim, nonfinite=nonfinite,
+        feature_dim=feature_dim, nonfinite=nonfinite, layout=layout, table=table,
     )
