@@ -4,13 +4,15 @@ Data flows one way: ``data`` (feature sources, synthetic generator, ground
 truth) → ``statistics`` → ``vpl`` (video pseudo-labels) → ``null_model``
 (participant summaries, server mixture) → ``spl`` (segment pseudo-labels,
 refinement) → ``engine`` (federated rounds) → ``evaluation``; ``pipeline``
-composes them and ``report`` writes run directories.
+composes them and ``report`` writes run directories. The engine trains any
+method of its interface: ``methods`` holds CLAP and the baselines C2FPL and GCL.
 """
 
 from clapjax import (
     data,
     engine,
     evaluation,
+    methods,
     model,
     null_model,
     options,
@@ -25,6 +27,7 @@ from clapjax import (
 from clapjax.data import SyntheticConfig, frame_ground_truth, open_source
 from clapjax.engine import Engine, TrainOptions, federated_data, score_segments
 from clapjax.evaluation import frame_metrics
+from clapjax.methods import C2FPL, GCL, C2FPLOptions, Clap, GCLOptions
 from clapjax.model import ModelOptions
 from clapjax.null_model import Mixture, NullGaussian, participant_null, segment_scores_under_null, server_mixture
 from clapjax.options import PseudoLabelOptions
@@ -38,7 +41,12 @@ from clapjax.windows import window_argmax, window_argmin
 __version__ = "0.1.0"
 
 __all__ = [
+    "C2FPL",
+    "C2FPLOptions",
+    "Clap",
     "Engine",
+    "GCL",
+    "GCLOptions",
     "Layout",
     "Mixture",
     "ModelOptions",
@@ -56,6 +64,7 @@ __all__ = [
     "frame_metrics",
     "generate_labels",
     "layout_from_lengths",
+    "methods",
     "model",
     "null_model",
     "open_source",

@@ -11,7 +11,10 @@ feature or segment argument) and returns the mixture ``G`` with weights
 Segment scores under ``G`` (:func:`segment_scores_under_null`) are closed form
 and pure jnp: upper-tail p-value ``Σ_k w_k P(Z_k >= z)`` (paper default),
 two-sided ``Σ_k w_k 2 P(Z_k >= |z - μ_k| + μ_k)``, or the mixture density
-``Σ_k w_k N(z; μ_k, Θ_k)`` (released code).
+``Σ_k w_k N(z; μ_k, Θ_k)`` (released code). In float32 these underflow to 0
+beyond ~13σ (p-values) or ~14σ (density), so the window rules use
+:func:`segment_log_scores_under_null` (``log_ndtr`` and the log-density,
+combined with ``logsumexp``), finite far into the tail.
 
 Documented rules for degenerate participants:
   * ``M0 = 0`` (no normal-labelled segment): ``NullGaussian(0, 0, 0)``; its
@@ -167,3 +170,38 @@ def segment_scores_under_null(
     else:
         per = jax.scipy.stats.norm.pdf(t) / std
     return jnp.sum(mixture.weights * per, axis=-1)
+
+
+def segment_log_scores_under_null(
+    z: ArrayLike, mixture: Mixture, opts: PseudoLabelOptions = PseudoLabelOptions()
+) -> jax.Array:
+    """Natural log of :func:`segment_scores_under_null`, without underflow.
+
+    Same formulas (paper Eq. 7 p-values; the released code's mixture density),
+    evaluated in log space: ``log Σ_k w_k s_k = logsumexp_k(log w_k + log s_k)``
+    with ``log s_k = log_ndtr(-t_k)`` (upper tail), ``log 2 + log_ndtr(-|t_k|)``
+    (two-sided) or ``-t_k²/2 - log σ_k - log(2π)/2`` (density). Components
+    with weight 0 contribute nothing. Float32 log-scores stay finite (and
+    accurate to ~``eps · |log s|``) up to ``|t| ~ 1e19``, where a float32
+    p-value is already 0 at ``t ≈ 13``.
+
+    Args:
+      z: ``[S]`` magnitudes.
+      mixture: the server :class:`Mixture`.
+      opts: ``opts.null_score`` as in :func:`segment_scores_under_null`.
+
+    Returns:
+      ``[S] float32`` log-scores (``-inf`` only where every weight is 0).
+    """
+    z = jnp.asarray(z, jnp.float32)[..., None]
+    std = jnp.sqrt(mixture.variances)
+    t = (z - mixture.means) / std
+    if opts.null_score == "pvalue_upper":
+        per = jax.scipy.special.log_ndtr(-t)
+    elif opts.null_score == "pvalue_two_sided":
+        per = jnp.log(2.0) + jax.scipy.special.log_ndtr(-jnp.abs(t))
+    else:
+        per = -0.5 * t * t - jnp.log(std) - 0.5 * jnp.log(2.0 * jnp.pi)
+    weights = jnp.asarray(mixture.weights, jnp.float32)
+    log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+    return jax.nn.logsumexp(log_w + per, axis=-1)

@@ -11,7 +11,12 @@ these functions and adds the run directory and progress output.
 
 Participants' videos are packed participant after participant into ONE
 feature array ``[S, C, D]``; participant ``k`` owns the contiguous videos
-``video_ranges[k]`` and rows ``row_ranges[k]``. Everything per video (σ, H,
+``video_ranges[k]`` and rows ``row_ranges[k]``. That array is either held in
+memory (``in_memory=True``) or a :class:`~clapjax.data.store.PackedFeatures`
+that reads rows from the feature files on demand (streaming): statistics,
+pseudo-labels, training rounds (``TrainOptions.streaming``) and test scoring
+then read chunk by chunk and never hold all features; both give the same
+numbers. Everything per video (σ, H,
 VPL, windows) is computed per participant, exactly as in the federated
 algorithm; only the null summaries ``(Γ_k, Θ_k, M0_k)`` cross participants.
 """
@@ -75,7 +80,8 @@ class TrainingSet(NamedTuple):
     """All participants' training videos packed participant after participant.
 
     Attributes:
-      features: ``[S, C, D] float32``.
+      features: ``[S, C, D] float32``: an in-memory array, or a
+        :class:`~clapjax.data.store.PackedFeatures` read on demand.
       layout: packed layout of the ``N`` videos (participant order).
       table_index: ``[N] int64`` train-table row of each packed video.
       video_names: ``[N]`` names.
@@ -87,7 +93,7 @@ class TrainingSet(NamedTuple):
       true_segment_labels: ``[S] uint8`` true segment labels, or None when unknown.
     """
 
-    features: np.ndarray
+    features: Any
     layout: Layout
     table_index: np.ndarray
     video_names: tuple[str, ...]
@@ -116,12 +122,23 @@ class TrainingSet(NamedTuple):
         a, b = self.row_ranges[k]
         return np.arange(a, b, dtype=np.int64)
 
+    def participant_features(self, k: int):
+        """Participant ``k``'s rows ``[n_k, C, D]`` without reading them (a view)."""
+        from clapjax.data.store import row_range
+
+        return row_range(self.features, *self.row_ranges[k])
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.features, np.ndarray)
+
 
 class EvalSet(NamedTuple):
     """Test features and frame ground truth (list order).
 
     Attributes:
-      features: ``[S_test, C, D] float32``.
+      features: ``[S_test, C, D] float32``: in memory, or a
+        :class:`~clapjax.data.store.PackedFeatures` read on demand.
       lengths: ``[N_test] int64``.
       names: ``[N_test]`` video names.
       ground_truth: ``[16 · S_test] uint8`` frame labels (``[sum(segment_frames)]``
@@ -130,7 +147,7 @@ class EvalSet(NamedTuple):
         are compressed to a fixed number of segments, else None (16 each).
     """
 
-    features: np.ndarray
+    features: Any
     lengths: np.ndarray
     names: tuple[str, ...]
     ground_truth: np.ndarray
@@ -186,8 +203,8 @@ def read_segment_labels(folder, names: Sequence[str], lengths: np.ndarray) -> np
 
 
 def load_training_set(source, split: Split, progress: Progress | None = None,
-                      segment_labels_dir=None) -> TrainingSet:
-    """Reads every participant's videos into one packed array.
+                      segment_labels_dir=None, *, in_memory: bool = True) -> TrainingSet:
+    """Packs every participant's videos into one ``[S, C, D]`` array.
 
     Args:
       source: a ``clapjax.data`` train feature source.
@@ -195,26 +212,36 @@ def load_training_set(source, split: Split, progress: Progress | None = None,
       progress: optional stage reporter.
       segment_labels_dir: optional folder of true segment labels (see
         :func:`read_segment_labels`); otherwise the source's own, if it knows them.
+      in_memory: read all features now into one aligned array (True), or
+        return a :class:`~clapjax.data.store.PackedFeatures` over the source
+        that reads rows on demand (False: nothing is read here).
     """
+    from clapjax.data.store import PackedFeatures
+
     progress = progress or SilentProgress()
     order = np.concatenate([np.asarray(p, np.int64) for p in split.participants])
     positions = _source_positions(source, order)
     lengths = np.asarray(source.lengths, np.int64)[positions]
     total = int(lengths.sum())
-    # 64-byte aligned: on CPU the engine then aliases this buffer instead of copying it.
-    features = aligned_array((total, source.crops, source.feature_dim), np.float32)
     video_ranges, row_ranges = [], []
     v = r = 0
-    with progress.stage("reading training features", total=split.num_participants) as st:
-        for k, p in enumerate(split.participants):
-            n = len(p)
-            rows = int(lengths[v : v + n].sum())
-            feats, _ = source.read_many(positions[v : v + n])
-            features[r : r + rows] = feats
-            video_ranges.append((v, v + n))
-            row_ranges.append((r, r + rows))
-            v, r = v + n, r + rows
-            st.update(k + 1)
+    for p in split.participants:
+        n = len(p)
+        rows = int(lengths[v : v + n].sum())
+        video_ranges.append((v, v + n))
+        row_ranges.append((r, r + rows))
+        v, r = v + n, r + rows
+    features = PackedFeatures(source, positions)
+    if in_memory:
+        # 64-byte aligned: on CPU the engine then aliases this buffer instead of
+        # copying it. Read straight into it (no per-participant copy).
+        store = features
+        features = aligned_array((total, source.crops, source.feature_dim), np.float32)
+        with progress.stage("reading training features", total=split.num_participants) as st:
+            for k, (ra, rb) in enumerate(row_ranges):
+                store.view(ra, rb).read(out=features[ra:rb])
+                st.update(k + 1)
+        store.close()
     true_segments = None
     if segment_labels_dir is not None:
         true_segments = read_segment_labels(
@@ -238,15 +265,18 @@ def load_training_set(source, split: Split, progress: Progress | None = None,
     )
 
 
-def load_test_set(source, ground_truth=None, gt_check: str = "error") -> EvalSet:
-    """Reads the whole test set and its frame ground truth (``clapjax.data``).
+def load_test_set(source, ground_truth=None, gt_check: str = "error", *, in_memory: bool = True) -> EvalSet:
+    """The whole test set and its frame ground truth (``clapjax.data``).
 
     ``ground_truth``/``gt_check``: a user's ground truth and how a
     disagreement with the annotations is handled
     (:func:`clapjax.data.frame_ground_truth`). The ground truth is read
     first, so that a bad one is refused before any feature is read.
+    ``in_memory=False`` returns the features as a
+    :class:`~clapjax.data.store.PackedFeatures` read at each evaluation.
     """
     from clapjax import data as data_lib
+    from clapjax.data.store import PackedFeatures
 
     gt = data_lib.frame_ground_truth(source, ground_truth, check=gt_check)
     seg_fn = getattr(source, "segment_frames", None)
@@ -255,7 +285,10 @@ def load_test_set(source, ground_truth=None, gt_check: str = "error") -> EvalSet
         counts = np.concatenate([np.asarray(seg_fn(i), np.int64) for i in range(len(source.names))])
         if (counts != 16).any():
             seg_frames = counts
-    features, _ = source.read_many(np.arange(len(source.names)))
+    features = PackedFeatures(source)
+    if in_memory:
+        store, features = features, features.read()
+        store.close()
     return EvalSet(features, np.asarray(source.lengths, np.int64), tuple(source.names), gt, seg_frames)
 
 
@@ -301,7 +334,7 @@ def compute_statistics(ts: TrainingSet, opts: PseudoLabelOptions,
     with progress.stage("video statistics", total=ts.num_participants) as st:
         for k in range(ts.num_participants):
             (va, vb), (ra, rb) = ts.video_ranges[k], ts.row_ranges[k]
-            out = statistics.compute_statistics(ts.features[ra:rb], ts.participant_layout(k), opts,
+            out = statistics.compute_statistics(ts.participant_features(k), ts.participant_layout(k), opts,
                                                 chunk_bytes=chunk_bytes)
             z[ra:rb] = out.magnitude[: rb - ra]
             stats[va:vb] = out.stats[: vb - va]
@@ -448,25 +481,39 @@ def load_pseudo_labels(path, ts: TrainingSet) -> PseudoLabels:
 # ------------------------------------------------------------------ training
 
 
-def make_federated_data(ts: TrainingSet, pl: PseudoLabels) -> FederatedData:
-    """The engine's view: shared features, SPL labels, per-participant rows/layouts."""
+def make_federated_data(ts: TrainingSet, pl: PseudoLabels | None) -> FederatedData:
+    """The engine's view: shared features, initial labels, per-participant rows/layouts.
+
+    ``pl`` None (a method without a pseudo-labelling stage, e.g. GCL): labels
+    and video labels are all 0 (unused by such a method; the layouts still
+    describe the videos to its batch sampler).
+    """
+    labels = np.zeros(ts.features.shape[0], np.float32) if pl is None else pl.segment_labels
+    videos = np.zeros(ts.layout.num_videos, bool) if pl is None else pl.video_labels
     return federated_data(
         ts.features,
-        pl.segment_labels,
+        labels,
         [ts.participant_rows(k) for k in range(ts.num_participants)],
         layouts=[ts.participant_layout(k) for k in range(ts.num_participants)],
-        video_labels=[pl.video_labels[a:b] for a, b in ts.video_ranges],
+        video_labels=[videos[a:b] for a, b in ts.video_ranges],
         names=ts.participant_names,
     )
 
 
-def make_engine(ts: TrainingSet, pl: PseudoLabels, model_options: ModelOptions,
-                train_options: TrainOptions, pl_options: PseudoLabelOptions,
-                checkpoint_dir: str | None = None) -> Engine:
-    """Stage 6: the federated engine over the pseudo-labelled training set."""
-    plr = pl_options if train_options.plr_start_round is not None else None
-    return Engine(make_federated_data(ts, pl), model_options, train_options,
-                  plr_options=plr, checkpoint_dir=checkpoint_dir)
+def make_engine(ts: TrainingSet, pl: PseudoLabels | None, method, train_options: TrainOptions,
+                pl_options: PseudoLabelOptions | None = None, checkpoint_dir: str | None = None) -> Engine:
+    """Stage 6: the federated engine over the (pseudo-labelled) training set.
+
+    Args:
+      method: a :class:`clapjax.engine.Method` (``clapjax.methods``), or a
+        ``ModelOptions``: CLAP's scorer, refined by PLR with ``pl_options``
+        when ``train_options.plr_start_round`` is set.
+    """
+    if isinstance(method, ModelOptions):
+        plr = pl_options if train_options.plr_start_round is not None else None
+        return Engine(make_federated_data(ts, pl), method, train_options,
+                      plr_options=plr, checkpoint_dir=checkpoint_dir)
+    return Engine(make_federated_data(ts, pl), method, train_options, checkpoint_dir=checkpoint_dir)
 
 
 def current_labels(engine: Engine, state: EngineState) -> np.ndarray:
@@ -478,10 +525,18 @@ def current_labels(engine: Engine, state: EngineState) -> np.ndarray:
 # ------------------------------------------------------------------ evaluation
 
 
+def evaluation_chunk_rows(engine: Engine, test: EvalSet) -> int:
+    """Rows per test scoring call: ``score_chunk``, capped so one chunk stays
+    under ``stream_chunk_bytes`` (the same in memory and streaming, so both
+    compile and round identically)."""
+    row_bytes = 4 * int(np.prod(test.features.shape[1:]))
+    return max(1, min(engine.opts.score_chunk, engine.opts.stream_chunk_bytes // row_bytes))
+
+
 def score_test_set(engine: Engine, state: EngineState, test: EvalSet, participant: int | None = None) -> np.ndarray:
     """``[S_test]`` eval scores of the global model (or participant ``k``'s model)."""
     params = engine.global_params(state) if participant is None else engine.participant_params(state, participant)
-    return score_segments(params, test.features, engine.model_options, engine.opts.score_chunk)
+    return score_segments(params, test.features, engine.method, evaluation_chunk_rows(engine, test))
 
 
 def evaluate(engine: Engine, state: EngineState, test: EvalSet) -> dict[str, Any]:

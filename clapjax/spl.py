@@ -9,6 +9,14 @@ mean p-value (paper) or largest total variation (released code) gets 1,
 everything else 0. Videos with ``ŷ_i = 0`` are all 0. With ``opts.alpha`` set
 (p-value scores only), segments with ``p < α`` in anomalous videos are also 1.
 
+Numerical contract of Generate (:func:`generate_labels`): scores are taken
+as log-scores (:func:`~clapjax.null_model.segment_log_scores_under_null`)
+and each video is rescaled by one constant before exponentiating
+(:func:`window_values_from_log_scores`), which changes neither the lowest
+mean nor the largest total variation window, so videos far in the null's
+tail (where float32 p-values and densities underflow to 0) still get their
+true window. The windows themselves are exact (:mod:`clapjax.windows`).
+
 Update (PLR): the window ``q̃_i`` of highest mean model score (paper) or
 largest total variation (released code), width from ``plr_beta``.
   * ``"paper"``: if ``q̃_i`` overlaps the current labels ``ỹ_i`` (``> 0.5``),
@@ -27,7 +35,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from clapjax import packed, windows
-from clapjax.null_model import Mixture, segment_scores_under_null
+from clapjax.null_model import Mixture, segment_log_scores_under_null
 from clapjax.options import PseudoLabelOptions
 from clapjax.packed import Layout
 
@@ -47,6 +55,90 @@ def select_window(values: ArrayLike, layout: Layout, widths: ArrayLike, rule: st
     raise ValueError(f"unknown window rule {rule!r}; valid: min_mean, max_mean, max_total_variation")
 
 
+def _rescaled(log_scores: jax.Array, layout: Layout, widths: ArrayLike, rule: str) -> tuple[jax.Array, jax.Array | None]:
+    """``(exp(log s - c_i) [S], its window maxima [S] or None)``."""
+    n = layout.num_videos
+    seg = layout.video_of_segment
+    peak = None
+    if rule == "min_mean":
+        peak, valid = windows.window_max(log_scores, layout, widths)
+        minimax = jax.ops.segment_min(jnp.where(valid, peak, jnp.inf), seg, num_segments=n)
+        width = jnp.maximum(jnp.clip(jnp.asarray(widths, jnp.int32), 0, layout.lengths), 1)
+        shift = minimax + jnp.log(width.astype(jnp.float32))
+        ceiling = jnp.log(4.0)
+    else:
+        shift = jax.ops.segment_max(jnp.where(layout.segment_mask, log_scores, -jnp.inf), seg, num_segments=n)
+        ceiling = 0.0
+    shift = packed.per_segment(jnp.where(jnp.isfinite(shift), shift, 0.0), layout, fill=0.0)
+    values = jnp.where(layout.segment_mask, jnp.exp(jnp.minimum(log_scores - shift, ceiling)), 0.0)
+    if peak is not None:  # exp is monotone: the window maxima of the values
+        peak = jnp.exp(jnp.minimum(peak - shift, ceiling))
+    return values, peak
+
+
+def window_values_from_log_scores(log_scores: ArrayLike, layout: Layout, widths: ArrayLike, rule: str) -> jax.Array:
+    """``exp(log s - c_i)``: each video's scores over one constant, no underflow.
+
+    Dividing every score of a video by the same constant ``e^{c_i}`` leaves the
+    window of lowest mean and the window of largest total variation
+    unchanged. The constant keeps the values that decide the window in
+    float32 range:
+      * ``"max_total_variation"`` / ``"max_mean"``: ``c_i`` = the video's
+        largest log-score (values in ``(0, 1]``; the largest steps and means
+        are never lost).
+      * ``"min_mean"``: ``c_i = M*_i + log w_i`` with ``M*_i`` the smallest
+        window maximum of the log-scores. The best window's values are then
+        ``<= 1`` and its largest is ``>= 1/w_i``, however deep in the tail
+        the whole video is; values more than 4 times larger (which cannot be
+        in the best window, see :func:`clapjax.windows.window_argmin`) are
+        clipped to 4 instead of overflowing.
+
+    Args:
+      log_scores: ``[S]`` natural-log scores (``-inf`` allowed).
+      layout: packed layout.
+      widths: ``[N]`` window widths.
+      rule: ``"min_mean" | "max_mean" | "max_total_variation"``.
+
+    Returns:
+      ``[S] float32`` in ``[0, 4]`` (0 on padding rows).
+    """
+    return _rescaled(jnp.asarray(log_scores, jnp.float32), layout, widths, rule)[0]
+
+
+def generate_from_log_scores(
+    log_scores: ArrayLike,
+    layout: Layout,
+    video_labels: ArrayLike,
+    opts: PseudoLabelOptions = PseudoLabelOptions(),
+) -> jax.Array:
+    """Generate mode from null log-scores (log p-values or log-density).
+
+    Args:
+      log_scores: ``[S]`` natural-log scores of segments under ``G``
+        (:func:`~clapjax.null_model.segment_log_scores_under_null`).
+      layout: packed layout.
+      video_labels: ``[N] bool`` video pseudo-labels.
+      opts: ``beta``, ``window_rounding``, ``generate_window``, ``alpha``,
+        ``null_score``.
+
+    Returns:
+      ``[S] float32`` labels in {0, 1}. The α rule compares
+      ``log p < log α``.
+    """
+    log_scores = jnp.asarray(log_scores, jnp.float32)
+    widths = windows.window_widths(layout.lengths, opts.beta, opts.window_rounding)
+    values, peak = _rescaled(log_scores, layout, widths, opts.generate_window)
+    if opts.generate_window == "min_mean":
+        chosen = windows.window_argmin(values, layout, widths, window_peak=peak)
+    else:
+        chosen = select_window(values, layout, widths, opts.generate_window)
+    anomalous = _anomalous_rows(video_labels, layout)
+    labels = chosen.mask & anomalous
+    if opts.alpha is not None and opts.null_score != "density":
+        labels = labels | (anomalous & (log_scores < jnp.log(jnp.float32(opts.alpha))))
+    return labels.astype(jnp.float32)
+
+
 def generate_from_scores(
     scores: ArrayLike,
     layout: Layout,
@@ -54,6 +146,10 @@ def generate_from_scores(
     opts: PseudoLabelOptions = PseudoLabelOptions(),
 ) -> jax.Array:
     """Generate mode from precomputed null scores (p-values or density).
+
+    The windows are exact on these float32 values; scores that already
+    underflowed to 0 cannot be told apart (prefer
+    :func:`generate_from_log_scores`).
 
     Args:
       scores: ``[S]`` scores of segments under ``G``.
@@ -82,6 +178,8 @@ def generate_labels(
 ) -> jax.Array:
     """Algorithm 2, Generate: window pseudo-labels in pseudo-anomalous videos.
 
+    Scores are computed and compared in log space (see the module docstring).
+
     Args:
       z: ``[S]`` segment magnitudes.
       layout: packed layout (``N`` videos, ``S`` rows).
@@ -93,8 +191,8 @@ def generate_labels(
     Returns:
       ``[S] float32`` in {0, 1}; padding rows 0.
     """
-    scores = segment_scores_under_null(z, mixture, opts)
-    return generate_from_scores(scores, layout, video_labels, opts)
+    log_scores = segment_log_scores_under_null(z, mixture, opts)
+    return generate_from_log_scores(log_scores, layout, video_labels, opts)
 
 
 def refine_labels(

@@ -35,8 +35,29 @@ Defined values for short videos (never NaN/inf):
     ``max_diff`` uses the single difference. The covariance has rank 1, so the
     trace-normalised entropy is 0.
   * Constant features: zero covariance → ``H = 0`` (spectral).
-Eigenvalues below ``n · eps_float32 · λ_max`` (``n`` = matrix size) are float
-round-off of a rank-deficient matrix and are set to 0 before the entropy.
+
+Numerical contract of ``H`` (float32 data, float32 or float64 eigensolver):
+  * Exactly constant feature columns (``max == min`` over the video's rows,
+    e.g. a frozen or black camera feed) get exactly zero covariance rows and
+    columns, although the float32 mean of identical values differs from them
+    by an ulp. A constant video therefore has ``H = 0`` (spectral), and the
+    diagonal (reference) entropy applies the released code's
+    ``diag_zero_value`` (1e-9) to those columns, as ``np.cov`` in float64
+    gives exactly 0 there (released code: ``-Σ_d C_dd ln C_dd``, zeros → 1e-9).
+  * Eigenvalues at or below the data's float32 noise floor
+    (:func:`eigenvalue_noise_floor`: ``eps32² Σ_j ‖f_j‖² / (m-1)``, at most
+    ``≈ D (eps32 · max|f|)²``: the largest covariance eigenvalue that
+    rounding every feature value by ``eps32 · |f|`` can create) are set to
+    0. Unlike a cut-off relative to ``λ_max``, this keeps every eigenvalue
+    the data resolves, for spectra decaying over many decades (long 2048-d
+    videos). The floor comes from the segment magnitudes ``z`` the kernels
+    compute anyway (no extra pass over the features).
+    Measured against float64 ``eigh`` of the float64 covariance: |ΔH| below
+    1e-4 for D = 2048 spectra decaying over 1e10-1e17 (see tests).
+  * A float32 eigensolver (``eigen_backend="jax"``, the default on
+    accelerators, and :func:`padded_video_statistics`) adds its own absolute
+    eigenvalue error, ~``eps32 · λ_max``; the host solver (float64 LAPACK on
+    the float32 matrix) resolves eigenvalues far below that.
 """
 
 from __future__ import annotations
@@ -139,31 +160,77 @@ def sigma_from_magnitude(z: ArrayLike, layout: Layout, opts: PseudoLabelOptions 
     return jnp.where(count >= 1, largest, 0.0)
 
 
-def entropy_from_eigenvalues(eigenvalues: ArrayLike, opts: PseudoLabelOptions = PseudoLabelOptions()) -> jax.Array:
-    """Von Neumann entropy of covariance spectra.
+def eigenvalue_noise_floor(sum_sq_norms: ArrayLike, num_rows: ArrayLike) -> jax.Array:
+    """Largest covariance eigenvalue that float32 rounding of the data can make.
+
+    Rounding each feature value ``f_jd`` by at most ``eps32 · |f_jd|`` adds a
+    noise matrix ``N`` with ``‖N‖₂² <= ‖N‖_F² <= eps32² Σ_j ‖f_j‖²``, so its
+    covariance eigenvalues are at most ``eps32² Σ_j ‖f_j‖² / (m - 1)``
+    (``<= m D (eps32 · max|f|)² / (m - 1)``). Eigenvalues below it are not
+    resolved by float32 data.
+
+    Args:
+      sum_sq_norms: ``[...]`` ``Σ_j ‖f_j‖²`` over each video's crop-mean
+        feature rows (or an upper bound: ``Σ_j z_j`` for ``mean_sq_norm``).
+      num_rows: ``[...]`` segments per video ``m``.
+
+    Returns:
+      ``[...] float32`` floor in covariance units (0 where ``m < 2``).
+    """
+    m = jnp.asarray(num_rows, jnp.float32)
+    total = jnp.asarray(sum_sq_norms, jnp.float32)
+    return jnp.where(m >= 2, _EPS32 * _EPS32 * total / jnp.maximum(m - 1.0, 1.0), 0.0)
+
+
+def _squared_norm_bound(z: jax.Array, opts: PseudoLabelOptions) -> jax.Array:
+    """``‖f_j‖²`` of the crop-mean row (or an upper bound) from its magnitude ``z``.
+
+    ``l2_of_mean``: ``z = ‖mean_c f‖`` exactly. ``mean_sq_norm``:
+    ``z = mean_c ‖f_c‖² >= ‖mean_c f_c‖²`` (Jensen).
+    """
+    return z * z if opts.magnitude == "l2_of_mean" else z
+
+
+def entropy_from_eigenvalues(
+    eigenvalues: ArrayLike,
+    opts: PseudoLabelOptions = PseudoLabelOptions(),
+    noise_floor: ArrayLike = 0.0,
+) -> jax.Array:
+    """Von Neumann entropy of covariance spectra (paper Eq. 3-4).
 
     Args:
       eigenvalues: ``[..., n]`` eigenvalues of covariance matrices (any order;
-        zeros allowed; round-off below ``n · eps · λ_max`` is zeroed).
+        zeros and small negative round-off allowed).
       opts: ``"trace_normalised"`` → ``-Σ p ln p``, ``p = λ / Σλ`` (0 for a
         zero matrix); ``"eq4_raw"`` → ``-Σ λ ln λ`` (``0 ln 0 = 0``).
+      noise_floor: ``[...]`` eigenvalues ``<=`` it count as 0 (default 0:
+        keep every positive eigenvalue); :func:`compute_statistics` passes
+        :func:`eigenvalue_noise_floor` of each video.
 
     Returns:
       ``[...] float32``.
     """
     lam = jnp.maximum(jnp.asarray(eigenvalues, jnp.float32), 0.0)
-    size = lam.shape[-1]
-    tol = size * _EPS32 * jnp.max(lam, axis=-1, keepdims=True)
-    lam = jnp.where(lam > tol, lam, 0.0)
+    floor = jnp.asarray(noise_floor, jnp.float32)[..., None]
+    lam = jnp.where(lam > floor, lam, 0.0)
     if opts.entropy == "trace_normalised":
-        trace = lam.sum(axis=-1, keepdims=True)
-        p = lam / jnp.where(trace > 0, trace, 1.0)
-    elif opts.entropy == "eq4_raw":
-        p = lam
-    else:
+        # p_i = (λ_i/λ_max) / (1 + r), r = Σ_{i≠max} λ_i / λ_max, with
+        # ln p_i = ln(λ_i/λ_max) - log1p(r): the dominant term -p ln p ≈ r
+        # keeps its relative accuracy when H is tiny (nearly rank-1 spectra),
+        # where ln(λ/Σλ) in float32 would be off by ~eps.
+        top = jnp.argmax(lam, axis=-1)[..., None]
+        largest = jnp.take_along_axis(lam, top, axis=-1)
+        others = jnp.where(jnp.arange(lam.shape[-1]) == top, 0.0, lam)
+        scale = jnp.where(largest > 0, largest, 1.0)
+        ratio = lam / scale
+        log_norm = jnp.log1p(others.sum(axis=-1, keepdims=True) / scale)
+        p = ratio * jnp.exp(-log_norm)
+        log_p = jnp.log(jnp.where(ratio > 0, ratio, 1.0)) - log_norm
+        return 0.0 - jnp.sum(jnp.where(ratio > 0, p * log_p, 0.0), axis=-1)
+    if opts.entropy != "eq4_raw":
         raise ValueError(f"entropy {opts.entropy!r} is not a spectral entropy")
-    safe = jnp.where(p > 0, p, 1.0)
-    return 0.0 - jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=-1)
+    safe = jnp.where(lam > 0, lam, 1.0)
+    return 0.0 - jnp.sum(jnp.where(lam > 0, lam * jnp.log(safe), 0.0), axis=-1)
 
 
 def entropy_from_variances(variances: ArrayLike, opts: PseudoLabelOptions = PseudoLabelOptions()) -> jax.Array:
@@ -178,16 +245,15 @@ def entropy_from_variances(variances: ArrayLike, opts: PseudoLabelOptions = Pseu
     return 0.0 - jnp.sum(jnp.where(c > 0, c * jnp.log(safe), 0.0), axis=-1)
 
 
-def _entropy_of_centred(xc: jax.Array, lengths: jax.Array, opts: PseudoLabelOptions) -> jax.Array:
-    """``H`` of videos ``xc [B, b, D]`` already centred with masked rows zeroed."""
+def _entropy_of_centred(xc: jax.Array, lengths: jax.Array, floor: jax.Array, opts: PseudoLabelOptions) -> jax.Array:
+    """``H`` of videos ``xc [B, b, D]`` already centred, masked rows and
+    constant columns zeroed; ``floor [B]`` eigenvalue noise floors."""
     denom = jnp.maximum(lengths - 1, 1).astype(jnp.float32)
     if opts.entropy == "diag_reference":
         var = jnp.sum(xc * xc, axis=1) / denom[:, None]
-        # m = 1 has no variance; force exact zeros (fused crop means may differ by an ulp).
-        var = jnp.where((lengths >= 2)[:, None], var, 0.0)
         return entropy_from_variances(var, opts)
     gram = jnp.einsum("bid,bjd->bij", xc, xc, precision=_HIGHEST) / denom[:, None, None]
-    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(gram), opts)
+    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(gram), opts, floor)
 
 
 def padded_video_statistics(
@@ -210,8 +276,8 @@ def padded_video_statistics(
         raise ValueError(f"padded features must be [B, b, D] or [B, b, C, D]; got {features.shape}")
     lengths = jnp.asarray(lengths, jnp.int32)
     b = features.shape[1]
-    xc, z = _centred_padded(features, lengths, opts)
-    entropy = _entropy_of_centred(xc, lengths, opts)
+    xc, z, floor = _centred_padded(features, lengths, opts)
+    entropy = _entropy_of_centred(xc, lengths, floor, opts)
     layout = _dense_layout(b, lengths)
     sigma = sigma_from_magnitude(z.reshape(-1), layout, opts)
     return jnp.stack([sigma, entropy], axis=-1), z
@@ -244,14 +310,18 @@ def diagonal_entropy(features: ArrayLike, layout: Layout, opts: PseudoLabelOptio
     """
     features = jnp.asarray(features, jnp.float32)
     f = crop_mean(features, features.ndim == 3)
-    f = jnp.where(layout.segment_mask[:, None], f, 0.0)
+    rows = layout.segment_mask[:, None]
+    f = jnp.where(rows, f, 0.0)
     seg = layout.video_of_segment
     n = layout.num_videos
     m = jnp.maximum(layout.lengths, 1).astype(jnp.float32)
     mean = jax.ops.segment_sum(f, seg, num_segments=n) / m[:, None]
-    dev = jnp.where(layout.segment_mask[:, None], f - packed.per_segment(mean, layout), 0.0)
+    dev = jnp.where(rows, f - packed.per_segment(mean, layout), 0.0)
     var = jax.ops.segment_sum(dev * dev, seg, num_segments=n) / jnp.maximum(layout.lengths - 1, 1)[:, None]
-    var = jnp.where((layout.lengths >= 2)[:, None], var, 0.0)
+    # Exactly constant columns (m = 1 included) have variance exactly 0.
+    high = jax.ops.segment_max(jnp.where(rows, f, -jnp.inf), seg, num_segments=n)
+    low = jax.ops.segment_min(jnp.where(rows, f, jnp.inf), seg, num_segments=n)
+    var = jnp.where(high == low, 0.0, var)
     entropy = entropy_from_variances(var, opts)
     return jnp.where(layout.lengths > 0, entropy, 0.0)
 
@@ -260,38 +330,65 @@ def diagonal_entropy(features: ArrayLike, layout: Layout, opts: PseudoLabelOptio
 
 
 def _centred_padded(features: jax.Array, lengths: jax.Array, opts: PseudoLabelOptions):
-    """Centred crop-mean features ``[B, b, D]`` (masked rows 0) and ``z [B, b]``."""
+    """Centred crop-mean features ``[B, b, D]`` (masked rows and constant
+    columns 0), ``z [B, b]`` and the eigenvalue noise floor ``[B]``."""
     has_crops = features.ndim == 4
     b = features.shape[1]
     rows = jnp.arange(b)[None, :] < lengths[:, None]
     raw = jnp.where(rows[(...,) + (None,) * (features.ndim - 2)], features, 0.0)
     z = jnp.where(rows, _magnitude(raw, has_crops, opts), 0.0)
     f = crop_mean(raw, has_crops)
-    mean = f.sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
-    xc = jnp.where(rows[..., None], f - mean[:, None, :], 0.0)
-    return xc, z
+    # The float32 mean of identical values can differ from them by an ulp.
+    # Shifting by the first row first makes exactly constant columns exactly
+    # 0 (x - y == 0 iff x == y), and their mean then too.
+    dev = jnp.where(rows[..., None], f - f[:, :1, :], 0.0)
+    if has_crops:
+        # The crop mean ends in a multiply, which XLA may contract with the
+        # subtraction into an FMA (f_j - f_0 = rounding error of f_0, not 0).
+        # Comparisons are exact: zero columns with max == min explicitly.
+        high = jnp.max(jnp.where(rows[..., None], f, -jnp.inf), axis=1)
+        low = jnp.min(jnp.where(rows[..., None], f, jnp.inf), axis=1)
+        dev = jnp.where((high > low)[:, None, :], dev, 0.0)
+    mean = dev.sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
+    xc = jnp.where(rows[..., None], dev - mean[:, None, :], 0.0)
+    floor = eigenvalue_noise_floor(jnp.sum(_squared_norm_bound(z, opts), axis=1), lengths)
+    return xc, z, floor
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "host_eigen"))
 def _bucket_kernel(features, lengths, opts, host_eigen):
-    """``(entropy [B] or covariance Gram [B, b, b], z [B, b])`` of one batch."""
-    xc, z = _centred_padded(features, lengths, opts)
+    """``(entropy [B] or covariance Gram [B, b, b], noise floor [B], z [B, b])``."""
+    xc, z, floor = _centred_padded(features, lengths, opts)
     if opts.entropy == "diag_reference" or not host_eigen:
-        return _entropy_of_centred(xc, lengths, opts), z
+        return _entropy_of_centred(xc, lengths, floor, opts), floor, z
     denom = jnp.maximum(lengths - 1, 1).astype(jnp.float32)
     gram = jnp.einsum("bid,bjd->bij", xc, xc, precision=_HIGHEST) / denom[:, None, None]
-    return gram, z
+    return gram, floor, z
 
 
-_entropy_jit = jax.jit(entropy_from_eigenvalues, static_argnames=("opts",))
+def _host_entropy_from_eigenvalues(lam: np.ndarray, floors: np.ndarray, opts: PseudoLabelOptions) -> np.ndarray:
+    """float64 numpy twin of :func:`entropy_from_eigenvalues` (same formula and
+    floor; no compile per batch shape)."""
+    lam = np.maximum(lam, 0.0)
+    lam = np.where(lam > np.asarray(floors, np.float64)[..., None], lam, 0.0)
+    if opts.entropy == "eq4_raw":
+        return 0.0 - np.sum(np.where(lam > 0, lam * np.log(np.where(lam > 0, lam, 1.0)), 0.0), axis=-1)
+    top = np.argmax(lam, axis=-1)[..., None]
+    largest = np.take_along_axis(lam, top, axis=-1)
+    others = np.where(np.arange(lam.shape[-1]) == top, 0.0, lam)
+    scale = np.where(largest > 0, largest, 1.0)
+    ratio = lam / scale
+    log_norm = np.log1p(others.sum(axis=-1, keepdims=True) / scale)
+    log_p = np.log(np.where(ratio > 0, ratio, 1.0)) - log_norm
+    return 0.0 - np.sum(np.where(ratio > 0, ratio * np.exp(-log_norm) * log_p, 0.0), axis=-1)
 
 
-def _host_entropy(matrices: Any, opts: PseudoLabelOptions) -> np.ndarray:
+def _host_entropy(matrices: Any, floors: Any, opts: PseudoLabelOptions) -> np.ndarray:
     """Entropy of symmetric ``[..., n, n]`` matrices via LAPACK ``syevd`` without
     eigenvectors (numpy, float64): 2-3x faster than ``jnp.linalg.eigvalsh`` on
-    CPU, which always computes eigenvectors."""
+    CPU, which always computes eigenvectors. ``floors [...]``: noise floors."""
     eig = np.linalg.eigvalsh(np.asarray(matrices, np.float64))
-    return np.asarray(_entropy_jit(eig.astype(np.float32), opts=opts))
+    return _host_entropy_from_eigenvalues(eig, floors, opts).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("has_crops",))
@@ -303,35 +400,44 @@ def _chunk_mean(chunk, n_valid, has_crops):
 
 @functools.partial(jax.jit, static_argnames=("has_crops", "opts"))
 def _covariance_chunk(state, chunk, n_valid, shift, has_crops, opts):
-    """Adds one chunk of one long video to (Σ(x-s), Σ(x-s)(x-s)ᵀ or its diagonal)."""
-    first, second = state
+    """Adds one chunk of one long video to (Σ(x-s), Σ(x-s)(x-s)ᵀ or its
+    diagonal, column min, column max of the crop-mean features, Σ‖f_j‖²
+    bound)."""
+    first, second, low, high, sq = state
     rows = jnp.arange(chunk.shape[0]) < n_valid
     mask = rows[(...,) + (None,) * (chunk.ndim - 1)]
     chunk = jnp.where(mask, chunk, 0.0)
     z = jnp.where(rows, _magnitude(chunk, has_crops, opts), 0.0)
-    dev = jnp.where(rows[:, None], crop_mean(chunk, has_crops) - shift, 0.0)
+    f = crop_mean(chunk, has_crops)
+    low = jnp.minimum(low, jnp.min(jnp.where(rows[:, None], f, jnp.inf), axis=0))
+    high = jnp.maximum(high, jnp.max(jnp.where(rows[:, None], f, -jnp.inf), axis=0))
+    dev = jnp.where(rows[:, None], f - shift, 0.0)
     first = first + dev.sum(axis=0)
     if opts.entropy == "diag_reference":
         second = second + jnp.sum(dev * dev, axis=0)
     else:
         second = second + jnp.matmul(dev.T, dev, precision=_HIGHEST)
-    return (first, second), z
+    sq = sq + jnp.sum(_squared_norm_bound(z, opts))
+    return (first, second, low, high, sq), z
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "host_eigen"))
 def _covariance_entropy(state, m, opts, host_eigen):
-    """Entropy of one long video, or its ``D×D`` covariance if ``host_eigen``."""
-    first, second = state
+    """Entropy of one long video, or ``(D×D covariance, noise floor)`` if
+    ``host_eigen``. Exactly constant columns get exactly zero covariance."""
+    first, second, low, high, sq = state
+    varying = high > low  # exactly constant columns (the shift need not be exact)
+    floor = eigenvalue_noise_floor(sq, m)
     m = jnp.asarray(m, jnp.float32)
     mean_dev = first / m
     if opts.entropy == "diag_reference":
         var = jnp.maximum(second - m * mean_dev * mean_dev, 0.0) / (m - 1)
-        return entropy_from_variances(var, opts)
+        return entropy_from_variances(jnp.where(varying, var, 0.0), opts)
     cov = (second - m * jnp.outer(mean_dev, mean_dev)) / (m - 1)
-    cov = 0.5 * (cov + cov.T)
+    cov = jnp.where(varying[:, None] & varying[None, :], 0.5 * (cov + cov.T), 0.0)
     if host_eigen:
-        return cov
-    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(cov), opts)
+        return cov, floor
+    return entropy_from_eigenvalues(jnp.linalg.eigvalsh(cov), opts, floor)
 
 
 def _host_sigma(z: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, opts: PseudoLabelOptions) -> np.ndarray:
@@ -488,7 +594,8 @@ def compute_statistics(
                 z_all[o + s : o + s + n_valid] = z
             final = _covariance_entropy(state, m, opts, host_eigen)
             if host_eigen and opts.entropy != "diag_reference":
-                eigen.submit(np.asarray([i]), np.asarray(final)[None])
+                cov, floor = final
+                eigen.submit(np.asarray([i]), np.asarray(cov)[None], np.asarray(floor)[None])
             else:
                 entropy[i] = float(final)
         if eigen is not None:
@@ -559,7 +666,13 @@ def _use_host_eigen(eigen_backend: str) -> bool:
 
 def _zero_state(feature_dim: int, opts: PseudoLabelOptions):
     second = (feature_dim,) if opts.entropy == "diag_reference" else (feature_dim, feature_dim)
-    return (jnp.zeros(feature_dim, jnp.float32), jnp.zeros(second, jnp.float32))
+    return (
+        jnp.zeros(feature_dim, jnp.float32),
+        jnp.zeros(second, jnp.float32),
+        jnp.full(feature_dim, jnp.inf, jnp.float32),
+        jnp.full(feature_dim, -jnp.inf, jnp.float32),
+        jnp.zeros((), jnp.float32),
+    )
 
 
 def warmup_statistics(
@@ -609,10 +722,10 @@ class _HostEigen:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._pending: list = []
 
-    def submit(self, videos: np.ndarray, matrices: np.ndarray) -> None:
+    def submit(self, videos: np.ndarray, matrices: np.ndarray, floors: np.ndarray) -> None:
         while len(self._pending) >= self._max_pending:
             self._finish_one()
-        self._pending.append((videos, self._pool.submit(_host_entropy, matrices, self._opts)))
+        self._pending.append((videos, self._pool.submit(_host_entropy, matrices, floors, self._opts)))
 
     def _finish_one(self) -> None:
         videos, future = self._pending.pop(0)
@@ -627,7 +740,7 @@ class _HostEigen:
 
 
 def _collect(item, offsets, lengths, entropy, z_all, eigen) -> None:
-    batch, (h, z) = item
+    batch, (h, floor, z) = item
     z = np.asarray(z)
     for k, i in enumerate(batch):
         m = int(lengths[i])
@@ -635,7 +748,7 @@ def _collect(item, offsets, lengths, entropy, z_all, eigen) -> None:
         z_all[offsets[i] : offsets[i] + m] = z[k, :m]
     h = np.asarray(h)
     if h.ndim == 3:  # covariance Gram matrices: eigenvalues on the host
-        eigen.submit(np.asarray(batch), h[: len(batch)])
+        eigen.submit(np.asarray(batch), h[: len(batch)], np.asarray(floor)[: len(batch)])
     else:
         entropy[batch] = h[: len(batch)]
 

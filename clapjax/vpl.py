@@ -20,7 +20,16 @@ Degenerate inputs never crash; they return a documented result and warn
     empty one is anomalous) → every video normal.
   * EM not converged in ``gmm_max_iter`` iterations: the last EM state is
     used (as scikit-learn does).
-Non-finite statistics raise ``ValueError`` naming the video.
+  * scikit-learn fails ("ill-defined empirical covariance"): this happens on
+    raw statistics of large scale (e.g. σ ~ 1e9), where its absolute
+    ``reg_covar = 1e-6`` is below the float64 resolution of a collapsed
+    component's covariance. The fit is redone on z-scored statistics (per
+    column mean 0, std 1), where ``reg_covar`` is always resolvable and the
+    result does not depend on the scale of ``[σ, H]``; the note says so. If
+    that fails too, every video is labelled normal.
+Every degenerate case is also in :attr:`VPLResult.note` (the pipeline keeps
+the notes and the run reports them). Non-finite statistics raise
+``ValueError`` naming the video.
 """
 
 from __future__ import annotations
@@ -67,13 +76,44 @@ def _validate(stats: ArrayLike) -> np.ndarray:
     return x
 
 
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Per-column z-scores (constant columns become 0)."""
+    scale = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+
+
+def _fit_components(features: np.ndarray, opts: PseudoLabelOptions) -> tuple[np.ndarray, bool]:
+    """scikit-learn ``GaussianMixture`` (2 full-covariance components) labels."""
+    gmm = GaussianMixture(
+        n_components=2,
+        covariance_type="full",
+        max_iter=int(opts.gmm_max_iter),
+        random_state=int(opts.gmm_seed),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        components = gmm.fit_predict(features)
+    return components, bool(gmm.converged_)
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
 def fit_video_pseudo_labels(stats: ArrayLike, opts: PseudoLabelOptions = PseudoLabelOptions()) -> VPLResult:
     """Clusters ``[σ, H]`` and returns labels plus diagnostics.
+
+    Never raises on finite statistics of any scale (see the module docstring
+    for the fallbacks, each reported in ``note`` and as a
+    :class:`VPLWarning`).
 
     Args:
       stats: ``[N, 2]`` per-video ``[σ_i, H_i]`` of one participant.
       opts: ``gmm_max_iter``, ``gmm_seed``, ``gmm_standardise``,
         ``anomalous_cluster``.
+
+    Raises:
+      ValueError: stats not ``[N, 2]`` or not finite (naming the video).
     """
     x = _validate(stats)
     n = x.shape[0]
@@ -87,24 +127,29 @@ def fit_video_pseudo_labels(stats: ArrayLike, opts: PseudoLabelOptions = PseudoL
         note = "all videos have identical statistics: cannot cluster; all labelled normal"
         warnings.warn(note, VPLWarning, stacklevel=2)
         return VPLResult(normal, unclustered, False, note)
-    features = x
-    if opts.gmm_standardise:
-        scale = x.std(axis=0)
-        features = (x - x.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
-    gmm = GaussianMixture(
-        n_components=2,
-        covariance_type="full",
-        max_iter=int(opts.gmm_max_iter),
-        random_state=int(opts.gmm_seed),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        components = gmm.fit_predict(features)
-    converged = bool(gmm.converged_)
     note = ""
-    if not converged:
-        note = f"GMM did not converge in {opts.gmm_max_iter} EM iterations; using its last state"
+    try:
+        components, converged = _fit_components(_standardise(x) if opts.gmm_standardise else x, opts)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as error:
+        if opts.gmm_standardise:
+            note = f"GMM failed on standardised statistics ({_reason(error)}): cannot cluster; all labelled normal"
+            warnings.warn(note, VPLWarning, stacklevel=2)
+            return VPLResult(normal, unclustered, False, note)
+        note = (
+            f"GMM failed on the raw statistics ({_reason(error)}; largest |σ|, |H| = "
+            f"{np.abs(x[:, 0]).max():.3g}, {np.abs(x[:, 1]).max():.3g}); refit on standardised statistics"
+        )
         warnings.warn(note, VPLWarning, stacklevel=2)
+        try:
+            components, converged = _fit_components(_standardise(x), opts)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as again:
+            note = _join(note, f"that failed too ({_reason(again)}): cannot cluster; all labelled normal")
+            warnings.warn(note, VPLWarning, stacklevel=2)
+            return VPLResult(normal, unclustered, False, note)
+    if not converged:
+        extra = f"GMM did not converge in {opts.gmm_max_iter} EM iterations; using its last state"
+        note = _join(note, extra)
+        warnings.warn(extra, VPLWarning, stacklevel=2)
     counts = np.bincount(components, minlength=2)
     if opts.anomalous_cluster == "higher_entropy":
         if counts.min() == 0:
@@ -117,9 +162,18 @@ def fit_video_pseudo_labels(stats: ArrayLike, opts: PseudoLabelOptions = PseudoL
     labels = components == anomalous
     if counts.min() == 0:
         extra = "GMM put every video in one component; all labelled normal"
-        note = f"{note}; {extra}" if note else extra
+        note = _join(note, extra)
         warnings.warn(extra, VPLWarning, stacklevel=2)
     return VPLResult(labels, components.astype(np.int64), converged, note)
+
+
+def _reason(error: Exception) -> str:
+    """First sentence of a scikit-learn/numpy error, for a one-line note."""
+    text = str(error).strip()
+    if "ill-defined empirical covariance" in text:
+        return "ill-defined empirical covariance"
+    text = text.split(". ")[0].rstrip(".")
+    return text[:120] if text else type(error).__name__
 
 
 def video_pseudo_labels(stats: ArrayLike, opts: PseudoLabelOptions = PseudoLabelOptions()) -> np.ndarray:

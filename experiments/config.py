@@ -22,9 +22,11 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 import tyro
 
+from clapjax import methods as methods_lib
 from clapjax import splits as splits_lib
 from clapjax import tables
 from clapjax.engine.options import TrainOptions
+from clapjax.methods import C2FPLOptions, GCLOptions
 from clapjax.model import ModelOptions
 from clapjax.options import PseudoLabelOptions
 from experiments import option_groups
@@ -36,7 +38,7 @@ DEFAULT_PARTICIPANTS = {"random": 5, "event": 13, "scene": 11}
 #: Synthetic data presets (clapjax.data.SyntheticConfig).
 PRESETS = ("default", "tiny")
 #: Fields that change how a run is shown, not what it computes (not compared on resume).
-PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug")
+PRESENTATION = ("workdir", "overwrite", "quiet", "json", "plots", "debug", "memory_budget")
 #: Dotted config.json paths that may change on an existing run: more rounds
 #: continue from the last checkpoint (fewer than completed are refused).
 EXTENDABLE = ("run.rounds", "resolved.train.rounds")
@@ -54,6 +56,10 @@ ModelOverrides = option_groups.override_class(ModelOptions, "ModelOverrides")
 TrainOverrides = option_groups.override_class(
     TrainOptions, "TrainOverrides", exclude=TOP_LEVEL_TRAIN
 )
+C2FPLOverrides = option_groups.override_class(C2FPLOptions, "C2FPLOverrides")
+GCLOverrides = option_groups.override_class(GCLOptions, "GCLOverrides")
+#: Option groups of the methods' own options (``--<method>.*``), by method name.
+METHOD_GROUPS = ("c2fpl", "gcl")
 
 
 class ConfigError(ValueError):
@@ -62,7 +68,8 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Run CLAP (CVPR 2024) unsupervised collaborative video anomaly detection.
+    """Run CLAP (CVPR 2024) unsupervised collaborative video anomaly detection,
+    or a baseline (C2FPL, GCL) trained the same federated way (--method).
 
     Writes a run directory (config.json, metrics.jsonl, summary.json,
     checkpoints/) and prints one line per round. Features are synthetic unless
@@ -71,6 +78,8 @@ class RunConfig:
     video lists and annotations.
     """
 
+    method: Literal["clap", "c2fpl", "gcl"] = "clap"
+    """Training method: clap, c2fpl (coarse-to-fine pseudo-labels, WACV 2024) or gcl (generative cooperative learning, CVPR 2022); its own options are --c2fpl.* / --gcl.*."""
     dataset: Literal["ucf", "xd", "custom"] = "ucf"
     """Dataset whose structure (videos, lengths, splits, test ground truth) is used; custom: your own (--features-dir, --annotations)."""
     split: Literal["random", "event", "scene"] = "random"
@@ -115,6 +124,10 @@ class RunConfig:
     """Your own frame ground truth: one concatenated .npy in test-list order, or a folder of <video>.npy; checked against the annotated intervals."""
     ground_truth_check: Literal["error", "warn"] = "error"
     """When --ground-truth disagrees with the annotated intervals (videos named): refuse (error) or warn."""
+    crops: Literal["keep", "mean"] = "keep"
+    """Crops of each segment: keep (score every crop and average the crop probabilities, as the paper and released code) or mean (one averaged feature per segment: crops x less memory and compute)."""
+    memory_budget: Annotated[Optional[str], _unset("SIZE", "half the RAM, at most 90 percent of what is free")] = None
+    """Memory the run may use, e.g. 12GiB. Features are held in memory only if the run fits; otherwise streamed from disk chunk by chunk (same numbers). --train.streaming True/False forces either."""
     train_segment_labels: Annotated[Optional[Path], _unset("PATH", "not logged")] = None
     """Real features only: folder of <video>.npy true segment (or frame) labels of training videos, to log SPL/PLR quality."""
     nonfinite: Literal["error", "drop"] = "error"
@@ -152,6 +165,8 @@ class RunConfig:
     pl: Annotated[PseudoLabelOverrides, tyro.conf.arg(name="pl")] = PseudoLabelOverrides()
     model: ModelOverrides = ModelOverrides()
     train: TrainOverrides = TrainOverrides()
+    c2fpl: C2FPLOverrides = C2FPLOverrides()
+    gcl: GCLOverrides = GCLOverrides()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -163,22 +178,36 @@ class ResolvedRun:
       custom: the :class:`clapjax.data.CustomDataset` of ``--dataset custom`` (else None).
       split: participants of the training set (centralized: one participant).
       federated_split: the split before centralisation (for reports).
-      pseudo_labels / model / train: the resolved option objects.
+      pseudo_labels / model / train: the resolved option objects (``model``
+        is None for a method without CLAP's scorer, e.g. GCL).
+      method_options: the method's own options (None for CLAP).
       weak: ``[K] bool`` participants given their true video labels.
       workdir: the run directory.
       split_label: short name of the split (workdir, reports).
+      memory_budget: bytes the run may use (``--memory-budget`` or the default).
     """
 
     config: RunConfig
     split: splits_lib.Split
     federated_split: splits_lib.Split
     pseudo_labels: PseudoLabelOptions
-    model: ModelOptions
+    model: ModelOptions | None
     train: TrainOptions
     weak: np.ndarray
     workdir: Path
     split_label: str
     custom: Any = None
+    memory_budget: int = 0
+    method_options: object = None
+
+    @property
+    def method_spec(self) -> methods_lib.MethodSpec:
+        return methods_lib.spec(self.config.method)
+
+    def build_method(self):
+        """The :class:`clapjax.engine.Method` of this run."""
+        pl = self.pseudo_labels if self.train.plr_start_round is not None else None
+        return self.method_spec.build(self.model, pl, self.method_options)
 
     @property
     def num_participants(self) -> int:
@@ -196,16 +225,22 @@ class ResolvedRun:
     def record(self) -> dict:
         """config.json's ``run`` and ``resolved`` parts (compared on resume)."""
         run = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)
-               if f.name not in PRESENTATION and f.name not in ("pl", "model", "train")}
+               if f.name not in PRESENTATION and f.name not in ("pl", "model", "train") + METHOD_GROUPS}
         run["participants"] = self.num_participants
         run["overrides"] = {
             "pl": option_groups.overrides_dict(self.config.pl),
             "model": option_groups.overrides_dict(self.config.model),
             "train": option_groups.overrides_dict(self.config.train),
+            **{g: option_groups.overrides_dict(getattr(self.config, g)) for g in METHOD_GROUPS},
         }
         resolved = {
-            "pseudo_labels": dataclasses.asdict(self.pseudo_labels),
-            "model": dataclasses.asdict(self.model),
+            "method": self.config.method,
+            "method_options": (None if self.method_options is None
+                               else dataclasses.asdict(self.method_options)),
+            # CLAP's pseudo-label options; other methods carry theirs in method_options.
+            "pseudo_labels": (dataclasses.asdict(self.pseudo_labels)
+                              if self.method_spec.uses_pseudo_label_options else None),
+            "model": None if self.model is None else dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "weak_participants": [int(k) for k in np.flatnonzero(self.weak)],
             "split": {
@@ -337,34 +372,38 @@ def load_split(config: RunConfig, table=None) -> tuple[splits_lib.Split, str]:
 AUTO_LOOP_OVERHEAD = 1.5
 
 
-def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 128) -> float:
+def vmap_overhead(split: splits_lib.Split, vmap_groups: int, batch_size: int = 128,
+                  max_overhead: float = 1.5) -> float:
     """Work of the vmap backend over the real work of ``split``: every participant
-    of a step-count group (``clapjax.engine.data.step_groups``) runs the
-    group's largest number of steps."""
-    from clapjax.engine.data import group_work, step_groups, steps_per_epoch
+    of a step-count group (``clapjax.engine.data.adaptive_step_groups``, as the
+    engine forms them) runs the group's largest number of steps."""
+    from clapjax.engine.data import adaptive_step_groups, group_work, steps_per_epoch
 
     steps = steps_per_epoch(split.segment_counts(), batch_size)
-    return group_work(steps, step_groups(steps, vmap_groups)) / max(int(steps.sum()), 1)
+    return group_work(steps, adaptive_step_groups(steps, vmap_groups, max_overhead)) / max(int(steps.sum()), 1)
 
 
-def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128) -> str:
+def choose_backend(backend: str, split: splits_lib.Split, vmap_groups: int = 4, batch_size: int = 128,
+                   max_overhead: float = 1.5) -> str:
     """Resolves ``auto``: vmap, unless even its step-count groups would pad the
     participants to over ``AUTO_LOOP_OVERHEAD`` times the real work (then the
     Python loop over participants does less work)."""
     if backend != "auto":
         return backend
-    return "loop" if vmap_overhead(split, vmap_groups, batch_size) > AUTO_LOOP_OVERHEAD else "vmap"
+    return "loop" if vmap_overhead(split, vmap_groups, batch_size, max_overhead) > AUTO_LOOP_OVERHEAD else "vmap"
 
 
 def default_workdir(config: RunConfig, split_label: str, k: int) -> Path:
     """``runs/<dataset>-<split>-<K>-<setting>-<variant>-seed<seed>`` (relative to cwd;
-    a custom dataset is named ``custom-<features folder>``)."""
+    a custom dataset is named ``custom-<features folder>``), prefixed with
+    ``<method>-`` for methods other than CLAP."""
     ds = config.dataset
     if ds == "custom" and config.features_dir is not None:
         folder = Path(config.features_dir)
         ds = f"custom-{folder.name or folder.resolve().name}"
+    prefix = "" if config.method == "clap" else f"{config.method}-"
     return Path("runs") / (
-        f"{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
+        f"{prefix}{ds}-{split_label}-{k}-{config.setting}-{config.variant}-seed{config.seed}"
     )
 
 
@@ -494,6 +533,13 @@ def validate(config: RunConfig) -> ResolvedRun:
             f"--aggregator {config.aggregator} needs --setting collaborative "
             f"({config.setting} training has no server aggregation)"
         )
+    from clapjax import resources
+
+    try:
+        budget = (resources.default_memory_budget() if config.memory_budget in (None, "auto")
+                  else resources.parse_bytes(config.memory_budget))
+    except ValueError as err:
+        raise ConfigError(f"--memory-budget: {err}") from None
     if config.quiet and config.json:
         raise ConfigError("--quiet and --json exclude each other")
     if config.plots and importlib.util.find_spec("matplotlib") is None:
@@ -507,7 +553,7 @@ def validate(config: RunConfig) -> ResolvedRun:
             config.features_dir, annotations=config.annotations, train_list=config.train_list,
             test_list=config.test_list, test_features_dir=config.test_features_dir,
             transductive=config.transductive, layout=config.feature_layout.replace("-", "_"),
-            segment_frames=config.segment_frames,
+            segment_frames=config.segment_frames, crops=config.crops,
             annotation_format=config.annotation_format.replace("-", "_"),
             annotation_convention=config.annotation_convention.replace("-", "_"),
             nonfinite=config.nonfinite, name="custom",
@@ -537,17 +583,28 @@ def validate(config: RunConfig) -> ResolvedRun:
             raise ConfigError(f"--weak-participants lists {i} twice")
         weak[i] = True
 
+    spec = _check_method_flags(config)
     try:
         pseudo = option_groups.resolve(PseudoLabelOptions, config.variant, config.pl)
-        model = option_groups.resolve(ModelOptions, config.variant, config.model)
+        model = None
+        if spec.uses_scorer:
+            model = dataclasses.replace(spec.model_options(config.variant),
+                                        **option_groups.overrides_dict(config.model))
+        method_options = None
+        if spec.options is not None:
+            method_options = spec.method_options(
+                config.variant, option_groups.overrides_dict(getattr(config, spec.name)))
         fixed = dict(aggregator=config.aggregator, backend="vmap" if config.backend == "auto" else config.backend,
                      setting=config.setting, seed=config.seed)
         if config.rounds is not None:
             fixed["rounds"] = config.rounds
         if config.local_epochs is not None:
             fixed["local_epochs"] = config.local_epochs
-        train = option_groups.resolve(TrainOptions, config.variant, config.train, **fixed)
-        train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size))
+        # The engine's preset, then the method's own training values, then the user's flags.
+        train = TrainOptions.preset(config.variant, **spec.train_overrides(config.variant))
+        train = dataclasses.replace(train, **{**option_groups.overrides_dict(config.train), **fixed})
+        train = train.replace(backend=choose_backend(config.backend, split, train.vmap_groups, train.batch_size,
+                                                     train.vmap_max_overhead))
     except (ValueError, TypeError) as err:
         raise ConfigError(_flag_names(str(err))) from None
     if train.plr_start_round is not None and train.plr_start_round >= train.rounds:
@@ -556,6 +613,34 @@ def validate(config: RunConfig) -> ResolvedRun:
 
     run_split = splits_lib.centralized(split) if config.setting == "centralized" else split
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
+    if weak.any() and spec.pseudo_label is None:
+        raise ConfigError(f"--weak-labels/--weak-participants: --method {spec.name} has no video labels to "
+                          f"replace (it makes its pseudo-labels during training)")
+    if train.plr_start_round is not None and spec.name != "clap":
+        raise ConfigError(f"--train.plr-start-round: --method {spec.name} has no pseudo-label refinement "
+                          f"(PLR is CLAP's); leave it unset")
     return ResolvedRun(config=config, split=run_split, federated_split=split,
                        pseudo_labels=pseudo, model=model, train=train, weak=weak,
-                       workdir=workdir, split_label=label, custom=custom)
+                       workdir=workdir, split_label=label, custom=custom, memory_budget=budget,
+                       method_options=method_options)
+
+
+def _check_method_flags(config: RunConfig) -> methods_lib.MethodSpec:
+    """The method's spec; flags of other methods' option groups are errors."""
+    try:
+        spec = methods_lib.spec(config.method)
+    except ValueError as err:
+        raise ConfigError(f"--method: {err}") from None
+    for group in METHOD_GROUPS:
+        if group != spec.name and option_groups.overrides_dict(getattr(config, group)):
+            raise ConfigError(f"--{group}.* options apply to --method {group}, not --method {spec.name}")
+    if not spec.uses_scorer and option_groups.overrides_dict(config.model):
+        raise ConfigError(f"--model.* applies to the scorer of --method clap/c2fpl; --method {spec.name} "
+                          f"has its own networks (--{spec.name}.*)")
+    if not spec.uses_pseudo_label_options and option_groups.overrides_dict(config.pl):
+        where = f" (its pseudo-label options are --{spec.name}.*)" if spec.options is not None else ""
+        raise ConfigError(f"--pl.* applies to --method clap; not to --method {spec.name}{where}")
+    if spec.name != "clap" and config.null_model != "server_mixture":
+        raise ConfigError(f"--null-model applies to --method clap (CLAP's server mixture); --method {spec.name} "
+                          f"fits each participant's own null")
+    return spec

@@ -5,11 +5,16 @@
 
 starts a SuperLink and K SuperNodes on 127.0.0.1 (free ports, telemetry off, a
 temporary ``FLWR_HOME``), runs the clapjax Flower App with ``flwr run
---stream``, prints the streamed progress, and stops every process it started,
-also on Ctrl-C, on failure and on timeout. The run directory has the layout of
-``python -m experiments.run`` (config.json, metrics.jsonl, summary.json,
-checkpoints/, test_scores.npy) plus ``wire/`` (every record sent and received,
-by name, shape and size) and ``deploy_status.json``.
+--stream``, and stops every process it started, also on Ctrl-C, on failure and
+on timeout. The terminal gets what ``python -m experiments.run`` prints: one
+line per round (``round 3/10  AUC …  AP …  loss …  elapsed …  ETA …``, read
+from the run directory's ``metrics.jsonl`` as the ServerApp appends it) and
+the same final line; ``--quiet`` and ``--json`` work as there. Flower's own
+output and every process's log go to ``<run dir>/logs/`` (kept). The run
+directory has the layout of ``python -m experiments.run`` (config.json,
+metrics.jsonl, summary.json, checkpoints/, test_scores.npy) plus ``wire/``
+(every record sent and received, by name, shape and size), ``logs/`` and
+``deploy_status.json``.
 
 With ``--compare-inprocess`` the same configuration also runs on the in-process
 engine; the largest parameter difference and both wall times are reported.
@@ -24,12 +29,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional, TextIO
 
 import tyro
 
+from clapjax.report.progress import Reporter
 from clapjax_flower.config import ConfigError, DeployConfig, resolve
 from clapjax_flower.launch import DeploymentError, LocalFederation
+from experiments.run import _final_line as final_line
+
+#: Subdirectory of the run directory that keeps the processes' logs.
+LOG_DIR = "logs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +50,17 @@ class DeployCommand:
     workdir: Optional[Path] = None
     """Run directory (default: runs/flower-<dataset>-<split>-<K>-<variant>-seed<seed>)."""
     state_root: Optional[Path] = None
-    """Where the SuperNodes keep their private state and logs (default: a temporary directory, removed)."""
+    """Where the SuperNodes keep their private state (default: a temporary directory, removed; logs stay in <run dir>/logs)."""
     timeout: float = 3600.0
     """Seconds for the whole run before everything is stopped."""
     compare_inprocess: bool = False
     """Also run the configuration on the in-process engine and compare final models."""
+    overwrite: bool = False
+    """Replace a run directory that holds a different configuration (refused otherwise)."""
+    quiet: bool = False
+    """Print only the final line."""
     json: bool = False
-    """Print only one JSON object (the summary) on stdout."""
+    """Print only JSON lines ({"event": "info"|"round"|"summary", ...}), as experiments.run --json."""
 
 
 def default_workdir(cfg: DeployConfig) -> Path:
@@ -69,18 +83,97 @@ def compare(run_dir: Path, cfg: DeployConfig) -> dict:
                 inprocess_final_auc=ref.metrics[-1]["auc"] if ref.metrics else None)
 
 
-def main(cmd: DeployCommand) -> dict:
+class RoundLines:
+    """Reports the rounds the ServerApp appends to ``metrics.jsonl``, one line each.
+
+    Only complete lines written after ``since`` (``time.time()``) count, so a
+    previous run's metrics in the same directory are never reported. Elapsed
+    time runs from the launcher's start; the ETA is the mean round time so far
+    times the rounds left.
+    """
+
+    def __init__(self, metrics_path: Path, total_rounds: int, reporter: Reporter, since: float, t0: float):
+        self.path, self.total, self.reporter = metrics_path, total_rounds, reporter
+        self.since, self.t0 = since, t0
+        self.offset = 0
+        self.seconds: list[float] = []
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        for raw in complete.splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if rec.get("time", 0.0) < self.since:
+                continue
+            self.seconds.append(float(rec.get("seconds", 0.0)))
+            left = self.total - int(rec["round"])
+            eta = sum(self.seconds) / len(self.seconds) * left
+            self.reporter.round(rec, self.total, time.perf_counter() - self.t0, eta)
+
+
+def prepare_run_dir(run_dir: Path, cfg: DeployConfig, overwrite: bool, argv: list[str] | None = None):
+    """Creates (or checks) the run directory before any process starts.
+
+    The ServerApp prepares the same directory with the same record, finds it
+    ready and keeps what the launcher put there (``logs/``). A directory of a
+    different configuration is refused unless ``overwrite``; a non-empty
+    directory that is not a run directory is never touched.
+
+    Raises:
+      RunDirError: as :func:`clapjax.report.rundir.prepare`.
+    """
+    from importlib.metadata import version
+
+    from clapjax.report import rundir
+
+    record = resolve(cfg).record(cfg)
+    record["deployment"] = dict(runtime="flower", flwr_version=version("flwr"))
+    record["environment"] = rundir.environment()
+    record["command"] = argv
+    return rundir.prepare(run_dir, record, overwrite=overwrite)
+
+
+def main(cmd: DeployCommand, out: TextIO | None = None, err: TextIO | None = None,
+         on_start: Callable[[LocalFederation], None] | None = None, argv: list[str] | None = None) -> dict:
+    """Runs the deployment and returns its summary.
+
+    Args:
+      out / err: streams for results and warnings (default stdout / stderr).
+      on_start: called with the started federation (tests use it to inspect
+        the processes afterwards).
+
+    Raises:
+      ConfigError: an invalid configuration, before any process starts.
+      RunDirError: the run directory holds something else (before any process starts).
+      DeploymentError: a process failed or the run timed out.
+    """
     cfg = cmd.run
-    resolve(cfg)  # fail on a bad configuration before any process starts
+    rounds = resolve(cfg).train.rounds  # fails on a bad configuration before any process starts
+    mode = "json" if cmd.json else ("quiet" if cmd.quiet else "normal")
+    rep = Reporter(mode, out, err)
     run_dir = (cmd.workdir or (Path(cfg.run_dir) if cfg.run_dir else default_workdir(cfg))).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.replace(run_dir=str(run_dir))
-    echo = (lambda line: None) if cmd.json else (lambda line: print(line, flush=True))
+    prepare_run_dir(run_dir, cfg, cmd.overwrite, argv)
     k = cfg.num_participants
-    t0 = time.perf_counter()
-    with LocalFederation(k, workdir=cmd.state_root, echo=echo) as fed:
-        echo(f"[deploy] SuperLink on 127.0.0.1:{fed.port}, {k} SuperNodes; logs in {fed.log_dir}")
-        result = fed.run(cfg.to_run_config(), run_dir, timeout=cmd.timeout)
+    t0, since = time.perf_counter(), time.time()
+    rep.info(f"clapjax on Flower: {k} participants, {rounds} rounds; run directory: {run_dir}",
+             workdir=str(run_dir))
+    with LocalFederation(k, workdir=cmd.state_root, log_dir=run_dir / LOG_DIR) as fed:
+        rep.info(f"SuperLink on 127.0.0.1:{fed.port} and {k} SuperNodes, one process each; "
+                 f"their logs: {fed.log_dir}", port=fed.port, logs=str(fed.log_dir))
+        if on_start is not None:
+            on_start(fed)
+        poll = RoundLines(run_dir / "metrics.jsonl", rounds, rep, since, t0)
+        result = fed.run(cfg.to_run_config(), run_dir, timeout=cmd.timeout, on_poll=poll)
         # Participants' wire logs live on "their machines"; on loopback, collect them.
         for i in range(k):
             for log in fed.state_dir(i).glob("run_*/wire.jsonl"):
@@ -89,28 +182,29 @@ def main(cmd: DeployCommand) -> dict:
     summary["deployment"] = dict(summary.get("deployment", {}), flwr_run_wall_time_s=result.wall_time,
                                  launcher_wall_time_s=time.perf_counter() - t0)
     if cmd.compare_inprocess:
-        summary["inprocess"] = compare(run_dir, cfg)
+        summary["inprocess"] = c = compare(run_dir, cfg)
+        rep.info(f"in-process engine: final AUC {c['inprocess_final_auc']:.4f}, largest parameter "
+                 f"difference {c['max_abs_param_diff']:.1e}, {c['inprocess_wall_time_s']:.0f} s", **c)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if cmd.json:
-        print(json.dumps(summary))
-    else:
-        final = summary.get("final") or {}
-        print(f"[deploy] done: final auc {final.get('auc')}, run directory {run_dir}", flush=True)
+    rep.final(summary, final_line(summary, run_dir))
     return summary
 
 
 def cli(argv: list[str] | None = None) -> int:
-    cmd = tyro.cli(DeployCommand, args=argv)
+    from clapjax.report.rundir import RunDirError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = tyro.cli(DeployCommand, args=argv, prog="python -m experiments.deploy")
     try:
-        main(cmd)
-    except ConfigError as err:
-        print(f"[deploy] invalid configuration: {err}", file=sys.stderr, flush=True)
+        main(cmd, argv=argv)
+    except (ConfigError, RunDirError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except DeploymentError as err:
-        print(f"[deploy] FAILED: {err}", file=sys.stderr, flush=True)
+        print(f"error: the deployment failed: {err}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("[deploy] interrupted; every started process was stopped", file=sys.stderr, flush=True)
+        print("interrupted; every process the launcher started was stopped", file=sys.stderr, flush=True)
         return 130
     return 0
 

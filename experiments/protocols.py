@@ -1,6 +1,6 @@
 """The paper's protocols, one command each, as markdown tables beside its numbers.
 
-    python -m experiments.protocols table1       # centralized / local / collaborative, UCF and XD
+    python -m experiments.protocols table1       # GCL / C2FPL / CLAP x centralized / local / collaborative, UCF and XD
     python -m experiments.protocols table3       # random 5/10/25/50, event 13, scene 11
     python -m experiments.protocols ablation     # local nulls; + server mixture; + PLR (random 5)
     python -m experiments.protocols aggregators  # FedAvg / FedProx / SCAFFOLD (scene 11)
@@ -34,7 +34,7 @@ Protocol = Literal["table1", "table3", "ablation", "aggregators", "weak", "seeds
 PROTOCOLS = ("table1", "table3", "ablation", "aggregators", "weak", "seeds")
 
 TITLES = {
-    "table1": "Table 1: centralized / local / collaborative (random split, 5 participants)",
+    "table1": "Table 1: GCL / C2FPL / CLAP, centralized / local / collaborative (random split, 5 participants)",
     "table3": "Table 3: participant splits (UCF-Crime, collaborative)",
     "ablation": "Table 4: ablation (UCF-Crime, random 5, collaborative FedAvg)",
     "aggregators": "Supplementary §6: aggregators on the scene split (UCF-Crime, 11 participants)",
@@ -61,6 +61,8 @@ class ProtocolArgs:
     """Real XD-Violence features (table1's XD rows); required with --features-dir for table1."""
     variant: Literal["paper", "reference"] = "paper"
     """Variant of every run."""
+    methods: tuple[Literal["gcl", "c2fpl", "clap"], ...] = ("gcl", "c2fpl", "clap")
+    """table1: the methods of its rows (in this order within each setting)."""
     rounds: Optional[int] = None
     """Rounds per run (default: the variant's, 10)."""
     local_epochs: Optional[int] = None
@@ -127,9 +129,14 @@ def rows_for(args: ProtocolArgs) -> list[RowSpec]:
     p = args.protocol
     paper = tables.PAPER_AUC[p]
     if p == "table1":
-        return [RowSpec(f"{ds} {setting}", paper[f"{ds}/{setting}"],
-                        (_base(args, dataset=ds, split="random", participants=5, setting=setting),))
-                for ds in ("ucf", "xd") for setting in ("centralized", "local", "collaborative")]
+        from clapjax.methods import spec
+
+        if not args.methods:
+            raise ProtocolError("--methods: give at least one of gcl, c2fpl, clap")
+        return [RowSpec(f"{ds} {setting} {spec(m).title}", paper[f"{m} {ds}/{setting}"],
+                        (_base(args, dataset=ds, split="random", participants=5, setting=setting, method=m),))
+                for ds in ("ucf", "xd") for setting in ("centralized", "local", "collaborative")
+                for m in args.methods]
     if p == "table3":
         combos = [("random", 5), ("random", 10), ("random", 25), ("random", 50), ("event", 13), ("scene", 11)]
         return [RowSpec(f"{kind} {k}", paper[f"{kind} {k}"], (_base(args, split=kind, participants=k),))
@@ -186,6 +193,14 @@ def _notes(args: ProtocolArgs) -> list[str]:
                      "'+ PLR': full CLAP.")
     if args.protocol == "table1":
         notes.append("Local: mean over the 5 participants' own models, each on the full test set.")
+        if set(args.methods) - {"clap"}:
+            notes.append("C2FPL and GCL are this library's implementations (clapjax.methods: C2FPL from its "
+                         "paper and released code, GCL from its paper; see their module docstrings), trained "
+                         "by the same engine, splits and evaluation as CLAP; each participant pseudo-labels "
+                         "its own videos. The paper's baseline numbers come from the CLAP authors' "
+                         "re-implementation, which is not public.")
+        if args.rounds is None and args.variant == "reference" and "c2fpl" in args.methods:
+            notes.append("Rounds: C2FPL's reference preset trains 20 rounds (its train.sh), the others 10.")
     return notes
 
 

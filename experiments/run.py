@@ -1,8 +1,9 @@
-"""``python -m experiments.run``: one CLAP experiment with a run directory.
+"""``python -m experiments.run``: one experiment with a run directory.
 
 Example (the paper's event split, 13 participants, synthetic features)::
 
     python -m experiments.run --split=event --participants=13
+    python -m experiments.run --method c2fpl --setting local     # a baseline, same splits/evaluation
 
 Stages: data → statistics → VPL → null model → server mixture → SPL →
 rounds (+PLR) → evaluation (see :mod:`clapjax.pipeline`). Every round appends
@@ -73,18 +74,18 @@ def open_sources(resolved: ResolvedRun):
     test_videos = None if c.test_list is None else data.read_video_list(c.test_list)
     if resolved.synthetic:
         cfg = data.SyntheticConfig.preset(c.preset)
-        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used),
-                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos))
+        return (data.open_source(c.dataset, "train", synthetic=cfg, videos=used, crops=c.crops),
+                data.open_source(c.dataset, "test", synthetic=cfg, videos=test_videos, crops=c.crops))
     layout = c.feature_layout.replace("-", "_")
 
     def origin(array, listing) -> dict:
         if array is not None:
-            return dict(concatenated=array, ranges=listing)
+            return dict(concatenated=array, ranges=listing, crops=c.crops)
         from experiments.config import _is_feature_list
 
         if _is_feature_list(listing):
-            return dict(features_dir=c.features_dir, list_file=listing, layout=layout)
-        return dict(features_dir=c.features_dir, layout=layout)
+            return dict(features_dir=c.features_dir, list_file=listing, layout=layout, crops=c.crops)
+        return dict(features_dir=c.features_dir, layout=layout, crops=c.crops)
 
     if c.features_dir is not None and c.train_list is None and c.train_array is None and not any(
             f.endswith((".npy", ".txt")) for _, _, fs in os.walk(c.features_dir, followlinks=True) for f in fs):
@@ -98,14 +99,19 @@ def open_sources(resolved: ResolvedRun):
     return train, test
 
 
-def pseudo_label_report(ts, pl) -> dict[str, Any]:
-    """Quality of VPL and SPL against the truth (``pseudo_labels.json``)."""
+def pseudo_label_report(ts, pl, method: str = "clap") -> dict[str, Any]:
+    """Quality of VPL and SPL against the truth (``pseudo_labels.json``);
+    ``pl`` None: the method has no pseudo-labelling stage before training."""
     from clapjax.report import quality
 
+    if pl is None:
+        return {"method": method, "vpl": {"accuracy": None, "per_participant": None}, "spl": None,
+                "note": f"{method} makes its pseudo-labels inside training (no stage before it)",
+                "participants": list(ts.participant_names)}
     if ts.true_video_labels is None:  # a custom dataset with unlabelled training videos
         unknown = {"accuracy": None, "per_participant": [None] * ts.num_participants}
         return {
-            "vpl": unknown, "video_labels_used": unknown,
+            "method": method, "vpl": unknown, "video_labels_used": unknown,
             "pseudo_anomalous_videos": [int(pl.video_labels[a:b].sum()) for a, b in ts.video_ranges],
             "true_anomalous_videos": None,
             "vpl_notes": list(pl.notes),
@@ -114,6 +120,7 @@ def pseudo_label_report(ts, pl) -> dict[str, Any]:
             "spl": None, "spl_note": "training labels unknown",
         }
     out: dict[str, Any] = {
+        "method": method,
         "vpl": quality.participant_video_accuracy(pl.vpl, ts.true_video_labels, ts.video_ranges),
         "video_labels_used": quality.participant_video_accuracy(
             pl.video_labels, ts.true_video_labels, ts.video_ranges),
@@ -393,18 +400,23 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     """
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
+    from experiments import preflight
 
     hooks = hooks or RunHooks()
     session = (time.perf_counter(), time.process_time())
     resolved = validate(config)
     config = resolved.config  # paths normalised
     caught: list[str] = []
+    # Preflight before anything is written: sources open on file headers
+    # only; the plan says in memory or streaming, or refuses.
     with _warnings_to(caught):
         train_source, test_source = open_sources(resolved)
         check_inputs(resolved, train_source, test_source)
+    plan = preflight.check(resolved, train_source, test_source)
     fingerprint = input_fingerprint(resolved, train_source, test_source)
     record = {"format": rundir_lib.FORMAT_VERSION, **resolved.record(),
               "features": _features_description(resolved),
+              "resources": plan.record(),
               "command": list(argv) if argv is not None else None,
               "environment": rundir_lib.environment()}
     rd = rundir_lib.prepare(resolved.workdir, record, overwrite=config.overwrite,
@@ -414,7 +426,7 @@ def execute(config: RunConfig, *, hooks: RunHooks | None = None, argv: Sequence[
     for message in caught:
         rep.warn(message)
     try:
-        return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session)
+        return _execute_locked(resolved, rd, rep, hooks, train_source, test_source, session, plan)
     finally:
         rep.close()
         rd.close()
@@ -436,13 +448,13 @@ def _extension(rd, total_rounds: int, completed: int) -> tuple[int, int] | None:
 
 
 def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_source, test_source,
-                    session: tuple[float, float]) -> dict[str, Any]:
+                    session: tuple[float, float], plan) -> dict[str, Any]:
     from clapjax import pipeline
     from clapjax.report import progress as progress_lib
     from clapjax.report import rundir as rundir_lib
 
     config = resolved.config
-    train_opts = resolved.train
+    train_opts = resolved.train.replace(streaming=not plan.in_memory)
     total_rounds = train_opts.rounds
     done_before = rd.repair_metrics()
     extension = _extension(rd, total_rounds, len(done_before))
@@ -461,7 +473,8 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
         return summary
 
     rep.info(
-        f"clapjax: {config.dataset} {resolved.split_label} split, K={resolved.num_participants}, "
+        f"clapjax: {resolved.method_spec.title}, {config.dataset} {resolved.split_label} split, "
+        f"K={resolved.num_participants}, "
         f"{config.setting}, variant {config.variant}, {total_rounds} rounds; "
         f"{_features_description(resolved)}",
         workdir=str(rd.path), resumed=rd.resumed,
@@ -478,60 +491,73 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     if config.dataset != "custom" and config.test_list is not None:
         rep.info(f"note: test videos from {config.test_list}; numbers on a test subset are not "
                  "comparable to the paper's")
+    rep.info(plan.describe(), resources=plan.record())
     timing: dict[str, float] = {}
 
     t0, c0 = time.perf_counter(), time.process_time()
     with _warnings_to(rep):
         ts = pipeline.load_training_set(train_source, resolved.split, rep,
-                                        segment_labels_dir=config.train_segment_labels)
-    with rep.stage("reading test features"), _warnings_to(rep):
+                                        segment_labels_dir=config.train_segment_labels,
+                                        in_memory=plan.in_memory)
+    with rep.stage("reading test features" if plan.in_memory else "opening test features"), \
+            _warnings_to(rep):
         # ground-truth notes (unevaluated intervals, --ground-truth-check warn) become warnings
-        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check)
+        test = pipeline.load_test_set(test_source, config.ground_truth, config.ground_truth_check,
+                                      in_memory=plan.in_memory)
     # Values whose squares overflow float32 would surface later as a NaN deep in
     # the statistics or as saturated test scores: name the video and file now.
-    for source, feats, lengths, names, what in (
-            (train_source, ts.features, ts.lengths, ts.video_names, "training"),
-            (test_source, test.features, test.lengths, test.names, "test")):
-        found = _huge_values_error(source, feats, lengths, names, what, None)
-        if found is not None:
-            raise found
+    # Streamed features are not scanned here: that pass would read every
+    # feature file once more before training.
+    if plan.in_memory:
+        for source, feats, lengths, names, what in (
+                (train_source, ts.features, ts.lengths, ts.video_names, "training"),
+                (test_source, test.features, test.lengths, test.names, "test")):
+            found = _huge_values_error(source, feats, lengths, names, what, None)
+            if found is not None:
+                raise found
     timing["data_s"] = time.perf_counter() - t0
     timing["data_cpu_s"] = time.process_time() - c0
 
     t0, c0 = time.perf_counter(), time.process_time()
-    pl = _pseudo_labels_cached(rd, ts, rep)
-    if pl is None:
+    spec = resolved.method_spec
+    pl = _pseudo_labels_cached(rd, ts, rep) if spec.pseudo_label is not None else None
+    if pl is None and spec.pseudo_label is not None:
         try:
-            pl = pipeline.pseudo_label(ts, resolved.pseudo_labels, weak_videos=resolved.weak_videos(),
-                                       null_mode=config.null_model, progress=rep)
+            pl = spec.pseudo_label(ts, resolved.pseudo_labels, resolved.method_options,
+                                   weak_videos=resolved.weak_videos(), null_mode=config.null_model, progress=rep)
         except (ValueError, FloatingPointError) as err:
-            better = _huge_values_error(train_source, ts.features, ts.lengths, ts.video_names, "training", err)
+            better = (_huge_values_error(train_source, ts.features, ts.lengths, ts.video_names, "training", err)
+                      if plan.in_memory else None)
             if better is not None:
                 raise better from err
             raise
         with rundir_lib.atomic_write(rd.path / rundir_lib.PSEUDO_LABELS_FILE) as fh:
             pipeline.save_pseudo_labels(fh, pl)
-    for name, note in zip(ts.participant_names, pl.notes):
+    for name, note in zip(ts.participant_names, pl.notes if pl is not None else ()):
         if note:  # a degenerate case of VPL (e.g. nothing to cluster): never silent
             rep.warn(f"pseudo-labels: participant {name}: {note}")
-    pl_report = pseudo_label_report(ts, pl)
+    pl_report = pseudo_label_report(ts, pl, config.method)
     rundir_lib.write_json(rd.path / "pseudo_labels.json", pl_report)
     timing["pseudo_labels_s"] = time.perf_counter() - t0
     timing["pseudo_labels_cpu_s"] = time.process_time() - c0
     vpl_acc = pl_report["vpl"]["accuracy"]
     spl_q = pl_report["spl"]
-    rep.info(
-        "pseudo-labels: VPL accuracy "
-        + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
-        + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
-           if resolved.weak.any() else "")
-        + ("" if spl_q is None else
-           f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
-           f" IoU {spl_q['iou'] or 0:.3f}"),
-        vpl_accuracy=vpl_acc, spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
-    )
+    if pl is None:
+        rep.info(f"pseudo-labels: {pl_report['note']}")
+    else:
+        rep.info(
+            "pseudo-labels: VPL accuracy "
+            + ("n/a" if vpl_acc is None else f"{vpl_acc:.3f}")
+            + (f" ({int(resolved.weak.sum())} weakly supervised participants use true video labels)"
+               if resolved.weak.any() else "")
+            + ("" if spl_q is None else
+               f"; SPL segment precision {spl_q['precision'] or 0:.3f} recall {spl_q['recall'] or 0:.3f}"
+               f" IoU {spl_q['iou'] or 0:.3f}"),
+            vpl_accuracy=vpl_acc,
+            spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
+        )
 
-    engine = pipeline.make_engine(ts, pl, resolved.model, train_opts, resolved.pseudo_labels,
+    engine = pipeline.make_engine(ts, pl, resolved.build_method(), train_opts,
                                   checkpoint_dir=str(rd.checkpoint_dir))
     ckpt = engine.checkpointer
     metrics = done_before
@@ -584,7 +610,7 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
                     raise better from err
                 raise
             eval_s = time.perf_counter() - t_eval
-            label_q = _label_quality(ts, pipeline.current_labels(engine, state))
+            label_q = _label_quality(ts, pipeline.current_labels(engine, state)) if pl is not None else None
             rec = _round_record(r + 1, rm, ev, label_q, time.perf_counter() - t_round, eval_s,
                                 ts.participant_names)
             # CPU seconds of this process (all threads): comparable across loaded machines.
@@ -609,6 +635,7 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     timing["session_cpu_s"] = time.process_time() - session[1]
     timing["elapsed_s"] = clock.elapsed()
     summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True)
+    summary["resources"] = plan.record()
     if config.plots:
         with rep.stage("plots"):
             summary["plots"] = [str(p.relative_to(rd.path)) for p in _write_plots(resolved, rd, metrics, test, final_scores)]
@@ -634,6 +661,7 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
         "complete": complete and len(metrics) == total_rounds,
         "rounds": total_rounds,
         **s,
+        "method": c.method,
         "dataset": c.dataset,
         "split": resolved.split_label,
         "participants": resolved.num_participants,

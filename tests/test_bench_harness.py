@@ -33,7 +33,7 @@ def report(tmp_path_factory):
 def test_top_level_schema(report):
     for key in ("schema_version", "benchmark", "size", "date_utc", "machine", "load_average", "config",
                 "matmul_peak", "training_features", "training", "variants", "scaling", "ragged", "memory", "pseudolabels",
-                "evaluation", "step_shape_ceiling",
+                "evaluation", "step_shape_ceiling", "pytorch", "many", "device", "efficiency_K13",
                 "targets", "total_s"):
         assert key in report, key
     assert report["schema_version"] == bench.SCHEMA_VERSION and report["benchmark"] == "clapjax"
@@ -75,10 +75,16 @@ def test_variants_schema(report):
         for key in ("first_round_s", "steady_round_s", "segments_per_s", "model_flops_per_s", "fraction_of_peak"):
             assert _positive(r[key]), (key, r)
         assert r["fraction_of_peak"] == pytest.approx(r["model_flops_per_s"] / report["matmul_peak"]["used_flops_per_s"])
-    t = report["targets"]["peak_fraction_K13"]
+    t = report["targets"]["step_shape_ceiling_K13"]
     assert set(t["per_network"]) == {"paper", "reference"}
     assert t["measured"] == min(t["per_network"].values())
-    assert set(t["best_prng_per_network"]) == {"paper", "reference"}
+    va = {r["network"]: r for r in report["variants"]["results"] if r["dropout"] and r["prng_impl"] == "rbg"}
+    for net, frac in t["per_network"].items():
+        assert frac == pytest.approx(va[net]["model_flops_per_s"] / report["step_shape_ceiling"][net]["flops_per_s"])
+    # The paper network at its FLOP cost: the ratio of the two networks' model FLOP/s.
+    cost = report["targets"]["paper_at_flop_cost"]
+    assert cost["reference_flops_over_paper_flops"] == pytest.approx(0.5, abs=0.01)
+    assert cost["measured"] == pytest.approx(va["paper"]["model_flops_per_s"] / va["reference"]["model_flops_per_s"])
     paired = report["targets"]["vmap_ge_loop"]["paired_per_K"]
     assert set(paired) == {str(k) for k in bench.SIZES["tiny"].ks}
     for v in paired.values():
@@ -106,7 +112,8 @@ def test_scaling_pseudolabels_evaluation_schema(report):
 
 def test_targets_schema(report):
     t = report["targets"]
-    assert set(t) == {"vmap_ge_loop", "peak_fraction_K13", "linear_in_segments", "flat_in_K", "round_memory"}
+    assert set(t) == {"vmap_ge_loop", "vs_pytorch_K13", "paper_at_flop_cost", "step_shape_ceiling_K13",
+                      "linear_in_segments", "flat_in_K", "flat_in_K_many", "round_memory"}
     for name, target in t.items():
         assert {"description", "threshold", "measured", "met"} <= set(target), name
         assert _positive(target["threshold"])
@@ -117,9 +124,7 @@ def test_targets_schema(report):
     # Tiny size has K = 13 only (no K = 5, 50), so flat_in_K is not measured.
     assert t["flat_in_K"]["measured"] is None
     assert set(t["vmap_ge_loop"]["per_K"]) == {"13"}
-    # With the variants group, the peak fraction is the lower of the two networks (default PRNG, dropout on).
-    va = {r["network"]: r for r in report["variants"]["results"] if r["dropout"] and r["prng_impl"] == "rbg"}
-    assert t["peak_fraction_K13"]["measured"] == min(r["fraction_of_peak"] for r in va.values())
+    assert t["flat_in_K_many"]["measured"] == report["many"]["ratio"]
     assert t["vmap_ge_loop"]["met"] == all(v >= 1.0 for v in t["vmap_ge_loop"]["per_K"].values())
 
 
@@ -146,11 +151,14 @@ def test_memory_checks_and_step_shape_ceiling(report):
         assert c["model_parameters"] > 0
     rm = report["targets"]["round_memory"]
     assert rm["measured"] == checks[-1]["peak_over_features"] and rm["met"] == (rm["measured"] <= 1.25)
-    ceil = report["step_shape_ceiling"]
-    assert ceil["K"] == 13 and _positive(ceil["flops_per_s"])
-    vmap13 = next(r for r in report["training"]["results"] if r["backend"] == "vmap" and r["K"] == 13)
-    assert report["targets"]["peak_fraction_K13"]["fraction_of_step_shape_ceiling"] == pytest.approx(
-        vmap13["model_flops_per_s"] / ceil["flops_per_s"])
+    ceils = report["step_shape_ceiling"]
+    assert set(ceils) == {"paper", "reference"}
+    assert ceils["paper"]["width"] == 2 * ceils["reference"]["width"] == 1024
+    for net, ceil in ceils.items():
+        assert ceil["K"] == 13 and _positive(ceil["flops_per_s"])
+        assert ceil["fraction_of_peak"] == pytest.approx(ceil["flops_per_s"] / report["matmul_peak"]["used_flops_per_s"])
+        eff = report["efficiency_K13"][net]
+        assert eff["clapjax_fraction_of_ceiling"] == pytest.approx(eff["clapjax_vmap_flops_per_s"] / ceil["flops_per_s"])
 
 
 def test_report_renders_markdown(report):
@@ -191,3 +199,101 @@ def test_flat_in_k_is_measured_interleaved_in_the_scaling_group():
     assert t["measured"] == k["ratio"] and t["computed_rows_ratio"] == 2.0
     assert t["time_per_computed_row_ratio"] == pytest.approx(k["ratio"] / 2.0)
     assert t["from_training_groups"] is None
+
+
+def test_device_and_precision_recorded(report):
+    d = report["device"]
+    assert d["requested"] == "cpu" and d["platform"] == "cpu" and d["matmul_precision"] == "float32"
+    assert report["matmul_peak"]["matmul_precision"] == "float32" and report["matmul_peak"]["platform"] == "cpu"
+    th = d["threads"]
+    assert th["xla_intra_op_threads"] >= 1 and th["schedulable_cores"] >= 1
+
+
+def test_pytorch_peer_schema(report):
+    pt = report["pytorch"]
+    if "skipped" in pt:
+        assert "pip install" in pt["skipped"]
+        assert report["targets"]["vs_pytorch_K13"]["met"] is None
+        pytest.skip(f"PyTorch peer not measured: {pt['skipped']}")
+    ks = bench.SIZES["tiny"].peer_ks
+    got = {(r["network"], r["implementation"], r["K"]) for r in pt["results"]}
+    assert got == {(n, i, k) for n in bench.PEER_NETWORKS for i in ("clapjax_vmap", "pytorch_loop") for k in ks}
+    for r in pt["results"]:
+        for key in ("first_round_s", "steady_round_s", "segments_per_s", "model_flops_per_s", "fraction_of_peak"):
+            assert _positive(r[key]), (key, r)
+        assert len(r["steady_rounds_s"]) == bench.SIZES["tiny"].rounds
+        assert r["segments_per_s"] == pytest.approx(pt["segments"] / r["steady_round_s"])
+    # Same threads for both frameworks.
+    assert pt["threads"]["pytorch_intra_op_threads"] == pt["threads"]["xla_intra_op_threads"]
+    assert _positive(pt["pytorch_matmul_peak"]["best_flops_per_s"])
+    by = {(r["network"], r["implementation"], r["K"]): r for r in pt["results"]}
+    for net, per_k in pt["ratio_clapjax_over_pytorch"].items():
+        assert set(per_k) == {str(k) for k in ks}
+        for k, v in per_k.items():
+            j, p = by[net, "clapjax_vmap", int(k)], by[net, "pytorch_loop", int(k)]
+            pairs = [b / a for a, b in zip(j["steady_rounds_s"], p["steady_rounds_s"])]
+            assert v["median"] == pytest.approx(sorted(pairs)[len(pairs) // 2] if len(pairs) % 2 else
+                                                (sorted(pairs)[len(pairs) // 2 - 1] + sorted(pairs)[len(pairs) // 2]) / 2)
+            assert v["min"] <= v["median"] <= v["max"]
+    t = report["targets"]["vs_pytorch_K13"]
+    assert t["measured"] == min(v["13"]["median"] for v in pt["ratio_clapjax_over_pytorch"].values())
+    _check_memory(pt["memory"])
+    text = bench_report.render(report)
+    assert "clapjax against the released code's loop in PyTorch" in text
+
+
+def test_many_participants_schema(report):
+    mp = report["many"]
+    size = bench.SIZES["tiny"]
+    assert mp["ks"] == list(size.many_ks) and mp["dim"] == size.many_dim
+    assert len(mp["steady_rounds_s"]) == 2 and all(len(ts) == size.rounds for ts in mp["steady_rounds_s"])
+    assert mp["ratio"] == pytest.approx(mp["steady_round_s"][1] / mp["steady_round_s"][0])
+    for k in size.many_ks:
+        assert sum(mp["groups"][str(k)]) == k
+        sp = mp["segments_per_participant"][str(k)]
+        assert 1 <= sp["min"] <= sp["median"] <= sp["max"] <= mp["segments"]
+    assert all(c >= mp["segments"] and c % mp["batch"] == 0 for c in mp["computed_rows"])
+    assert len(mp["memory_first_round"]) == 2
+    for m in mp["memory_first_round"] + [mp["memory"]]:
+        _check_memory(m)
+    assert mp["device_memory"] is None or isinstance(mp["device_memory"], dict)
+    assert "Many participants" in bench_report.render(report)
+
+
+def test_device_platform_check_with_a_fake_platform():
+    assert bench.device_platform("gpu", default_backend=lambda: "gpu") == "gpu"
+    assert bench.device_platform("auto", default_backend=lambda: "tpu") == "tpu"
+    assert bench.device_platform("cpu", default_backend=lambda: "cpu") == "cpu"
+    with pytest.raises(bench.DeviceError, match=r"--device gpu: JAX runs on 'cpu' here.*jax\[cuda12\]"):
+        bench.device_platform("gpu", default_backend=lambda: "cpu")
+    with pytest.raises(bench.DeviceError, match="--device cpu"):
+        bench.device_platform("cpu", default_backend=lambda: "gpu")
+    with pytest.raises(bench.DeviceError, match="unknown"):
+        bench.device_platform("npu", default_backend=lambda: "cpu")
+
+
+def test_command_rejects_an_absent_accelerator(capsys):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "gpu", "--size", "tiny"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device gpu:") and len(err.strip().splitlines()) == 1
+
+
+def test_pytorch_group_skips_with_a_reason_without_torch(monkeypatch):
+    import numpy as np
+
+    from experiments import bench_torch
+
+    monkeypatch.setattr(bench_torch, "unavailable_reason", lambda: "PyTorch is not installed (test); pip install")
+    logs = []
+    out = bench.pytorch_group(np.zeros((8, 1, 4), np.float32), np.zeros(8, np.float32), bench.SIZES["tiny"], 4,
+                              logs.append)
+    assert out == {"skipped": "PyTorch is not installed (test); pip install"}
+    assert "skipped" in logs[0]
+    t = bench.targets([], None, "paper", 128, peer=out)["vs_pytorch_K13"]
+    assert t["measured"] is None and t["met"] is None and t["skipped"] == out["skipped"]

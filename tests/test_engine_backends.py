@@ -189,3 +189,70 @@ def test_single_participant_vmap_runs_unbatched_and_equals_loop():
         if backend == "vmap":
             assert TRACE_COUNTS["train_one"] == 1 and TRACE_COUNTS["train_all"] == 0
     assert leaves_equal(states["vmap"], states["loop"])
+
+
+@pytest.mark.parametrize("backend", ["vmap", "loop"])
+def test_streaming_from_feature_files_equals_in_memory(tmp_path, backend, results):
+    """The same rows read on demand from per-video files (PackedFeatures):
+    vmap streams each step-count group like the in-memory groups, bit for bit,
+    and a further round compiles nothing new."""
+    from clapjax.data import NpyFilesSource
+    from clapjax.data.store import PackedFeatures
+
+    data = tiny_data()
+    cuts = [0, 40, 190, 200, 213, 250, 260]
+    files = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        np.save(tmp_path / f"v{i}.npy", data.features[a:b])
+        files.append([tmp_path / f"v{i}.npy"])
+    store = PackedFeatures(NpyFilesSource(files, [f"v{i}" for i in range(len(files))], "ucf", "train"))
+    on_disk = federated_data(store, data.labels, data.participants, data.layouts, data.video_labels)
+    with pytest.raises(ValueError, match="streaming=True"):
+        run(backend, on_disk, rounds=1, aggregator="scaffold")
+    engine, streamed = run(backend, on_disk, rounds=2, aggregator="scaffold", streaming=True)
+    assert leaves_equal(results[backend][1], streamed)
+    before = dict(TRACE_COUNTS)
+    state3, _ = engine.run_round(streamed)
+    assert dict(TRACE_COUNTS) == before
+    assert leaves_equal(results[backend][2].server, state3.server)
+
+
+class _CountingStore:
+    """A host row store that counts how many of the arrays it returned are alive."""
+
+    def __init__(self, features):
+        import weakref
+
+        self._f, self._weakref = features, weakref
+        self.shape, self.dtype = features.shape, features.dtype
+        self.alive = 0
+        self.max_alive = 0
+
+    def _gone(self):
+        self.alive -= 1
+
+    def __getitem__(self, index):
+        out = np.array(self._f[index])
+        self.alive += 1
+        self.max_alive = max(self.max_alive, self.alive)
+        self._weakref.finalize(out, self._gone)
+        return out
+
+
+@pytest.mark.parametrize("backend", ["vmap", "loop"])
+def test_streaming_keeps_a_bounded_number_of_chunks_alive(backend):
+    """JAX dispatches asynchronously; the streaming loops wait for the previous
+    chunk, so only a few chunks exist at once, however many the round has."""
+    rng = np.random.default_rng(0)
+    s, d = 4096, 256
+    feats = rng.normal(size=(s, 1, d)).astype(np.float32)
+    store = _CountingStore(feats)
+    data = federated_data(store, (rng.random(s) < 0.3).astype(np.float32),
+                          [np.arange(0, 2048), np.arange(2048, 4096)])
+    mo = ModelOptions(attention=True, hidden=(256, 32))
+    opts = TrainOptions(rounds=1, batch_size=64, backend=backend, plr_start_round=None, streaming=True,
+                        chunk_steps=1)
+    Engine(data, mo, opts).run()
+    assert store.alive == 0
+    # One chunk computing, one queued, one being read (plus one in hand).
+    assert store.max_alive <= 4, store.max_alive

@@ -60,3 +60,40 @@ def test_grouped_vmap_equals_one_padded_call():
         states.append(engine.run())
     assert leaves_equal(states[0], states[1])
     assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+
+
+def test_adaptive_groups_keep_serviceable_splits_and_split_very_ragged_ones():
+    from clapjax import splits
+    from clapjax.engine.data import adaptive_step_groups, group_work, steps_per_epoch
+
+    # Every official split is grouped exactly as with the plain cap.
+    for ds, kinds in splits.available().items():
+        for kind, k in kinds:
+            steps = steps_per_epoch(splits.load(ds, kind, k).segment_counts(), 128)
+            plain = step_groups(steps, 4)
+            assert [g.tolist() for g in adaptive_step_groups(steps, 4)] == [g.tolist() for g in plain]
+    # A random split of UCF-Crime into 500 pads to 1.84x with 4 groups; more groups bring it under 1.5x.
+    steps = steps_per_epoch(splits.random_split("ucf", 500).segment_counts(), 128)
+    assert group_work(steps, step_groups(steps, 4)) > 1.8 * steps.sum()
+    groups = adaptive_step_groups(steps, 4, max_overhead=1.5)
+    assert 4 < len(groups) <= 64 and group_work(steps, groups) <= 1.5 * steps.sum()
+    assert sorted(np.concatenate(groups).tolist()) == list(range(500))
+    assert len(adaptive_step_groups(steps, 4, max_overhead=1.5, limit=4)) == 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=40), st.integers(1, 8),
+       st.floats(1.0, 3.0))
+def test_adaptive_groups_bound_the_padding_when_the_limit_allows(steps, max_groups, max_overhead):
+    from clapjax.engine.data import adaptive_step_groups, group_work
+
+    steps = np.array(steps)
+    groups = adaptive_step_groups(steps, max_groups, max_overhead, limit=64)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(steps.size))
+    if len(groups) <= max_groups or max_groups == 1:
+        assert [g.tolist() for g in groups] == [g.tolist() for g in step_groups(steps, max_groups)]
+    # Padding beyond the bound remains only once the cap is exhausted (K groups allowed).
+    real = max(int(steps.sum()), 1)
+    if group_work(steps, groups) > max_overhead * real and max_groups > 1:
+        full = step_groups(steps, steps.size)
+        assert [g.tolist() for g in groups] == [g.tolist() for g in full]

@@ -11,6 +11,7 @@ import pytest
 
 from clapjax import model as M
 from clapjax.engine import Engine, TrainOptions, federated_data, hostmem, local
+from clapjax.methods import Clap
 from clapjax.model import ModelOptions
 from experiments import bench_train
 
@@ -27,13 +28,14 @@ def _batches(steps, b, d, seed=0):
 def _autodiff_reference(mo, opts, params, rng, labels, batches):
     """The step as plain autodiff of the whole objective (BCE + L2 [+ prox]), scanned."""
     tx = local.local_optimizer(opts)
-    ctx = local.ClientContext(params, (), labels)
+    (stage,) = Clap(mo).stages(0)
 
     def body(carry, b):
         p_, opt_state, rng_, loss_sum = carry
         rng_, dk = jax.random.split(rng_)
         masks = M.dropout_masks(dk, b[0].shape[:-1], mo) if mo.dropout_rate > 0 else None
-        loss, g = jax.value_and_grad(local.local_loss)(p_, ctx, local.Batch(*b), masks, mo, opts)
+        loss, g = jax.value_and_grad(local.local_loss, argnums=1)(
+            stage.loss, p_, p_, params, local.Batch(*b), labels, masks, opts)
         updates, opt_state = tx.update(g, opt_state, p_)
         return (optax.apply_updates(p_, updates), opt_state, rng_, loss_sum + loss), None
 

@@ -1,9 +1,12 @@
 """K = 3 tiny participants through Flower's real deployment runtime on loopback.
 
 One SuperLink and three SuperNodes run as separate processes; every ClientApp
-message runs in its own process. Checks: the final global model equals the
-in-process engine's, only summaries and deltas cross the wire (from both ends'
-logs), and a participant killed mid-run is reported without a hang.
+message runs in its own process. The shared deployment goes through the
+launcher of ``python -m experiments.deploy``. Checks: the final global model
+equals the in-process engine's, only summaries and deltas cross the wire (from
+both ends' logs), the launcher prints what ``experiments.run`` prints and keeps
+the logs in the run directory, and a participant killed mid-run is reported
+without a hang.
 
 Needs the ``flower`` extra (skipped otherwise; the README's test command
 installs it, so CI runs these). Every ClientApp message starts a fresh Python +
@@ -14,8 +17,10 @@ SecAgg+ run (about 2 min more) is marked slow.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -40,15 +45,22 @@ TINY = DeployConfig(participants=K, generate_split=True, preset="tiny", videos_p
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """One loopback deployment run (2 rounds, PLR from round 1) and its logs."""
+    """One loopback deployment run (2 rounds, PLR from round 1) through the
+    launcher of ``python -m experiments.deploy``, its output and its logs."""
+    from experiments import deploy
+
     root = tmp_path_factory.mktemp("flower")
     run_dir = root / "run"
     cfg = TINY.replace(run_dir=str(run_dir))
-    with LocalFederation(K, workdir=root / "nodes") as fed:
-        result = fed.run(cfg.to_run_config(), run_dir, timeout=600)
-        participant_logs = [wire.read_log(p) for i in range(K) for p in fed.state_dir(i).glob("run_*/wire.jsonl")]
-        processes = [fed.superlink, *fed.supernodes]
-    return dict(cfg=cfg, run_dir=run_dir, result=result, participant_logs=participant_logs, processes=processes)
+    out, err = io.StringIO(), io.StringIO()
+    feds = []
+    cmd = deploy.DeployCommand(run=cfg, workdir=run_dir, state_root=root / "nodes", timeout=600)
+    summary = deploy.main(cmd, out=out, err=err, on_start=feds.append)
+    (fed,) = feds
+    participant_logs = [wire.read_log(p) for i in range(K) for p in fed.state_dir(i).glob("run_*/wire.jsonl")]
+    return dict(cfg=cfg, run_dir=run_dir, summary=summary, participant_logs=participant_logs,
+                processes=[fed.superlink, *fed.supernodes], stdout=out.getvalue(), stderr=err.getvalue(),
+                log_dir=fed.log_dir)
 
 
 def test_final_model_matches_in_process_engine(deployment):
@@ -73,7 +85,33 @@ def test_final_model_matches_in_process_engine(deployment):
     for ours, theirs in zip(metrics, ref.metrics):
         assert ours["auc"] == pytest.approx(theirs["auc"], abs=1e-4)
     assert (deployment["run_dir"] / "summary.json").exists() and (deployment["run_dir"] / "checkpoints").is_dir()
-    assert deployment["result"].status["status"] == "completed"
+    assert json.loads((deployment["run_dir"] / "deploy_status.json").read_text())["status"] == "completed"
+
+
+def test_launcher_prints_one_clean_line_per_round_and_the_run_final_line(deployment):
+    """The terminal output of ``experiments.deploy``: what ``experiments.run`` prints."""
+    from experiments.run import _final_line
+
+    out, err = deployment["stdout"], deployment["stderr"]
+    assert "\x1b" not in out + err  # no colour codes
+    lines = out.splitlines()
+    assert len(lines) == len(set(lines)), "a line was printed twice"
+    assert not any(re.match(r"(INFO|DEBUG|WARNING)\b", line) for line in lines), out  # Flower's log is not echoed
+    rounds = [line for line in lines if line.startswith("round ")]
+    pattern = r"round {}/2  AUC \d\.\d{{4}}  AP \d\.\d{{4}}  loss \d\.\d{{4}}  elapsed \d+:\d\d  ETA \d+:\d\d"
+    assert len(rounds) == 2 and all(re.fullmatch(pattern.format(r), line) for r, line in zip((1, 2), rounds)), rounds
+    metrics = [json.loads(line) for line in (deployment["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert [f"AUC {m['auc']:.4f}" in line for m, line in zip(metrics, rounds)] == [True, True]
+    # The same final line as experiments.run, the AUC rounded to 4 digits.
+    assert lines[-1] == _final_line(deployment["summary"], deployment["run_dir"])
+    assert re.match(r"final AUC \d\.\d{4} \(round 2\), AP sklearn \d\.\d{4}, AP trapezoid \d\.\d{4}; best AUC", lines[-1])
+    # The printed log folder is the run directory's and outlives the launcher.
+    log_dir = deployment["log_dir"]
+    assert log_dir == deployment["run_dir"] / "logs" and f"their logs: {log_dir}" in out
+    names = {p.name for p in log_dir.iterdir()}
+    assert {"superlink.log", "flwr_run.log", *(f"supernode_{i}.log" for i in range(K))} <= names
+    assert "\x1b" not in (log_dir / "flwr_run.log").read_text()
+    assert "[clapjax server] round 2/2" in (log_dir / "flwr_run.log").read_text()
 
 
 def _check_entry(entry: dict, param_shape: dict, k: int) -> None:

@@ -14,7 +14,7 @@ def _args(protocol, **kw):
 
 
 @pytest.mark.parametrize("protocol, n_rows, n_runs", [
-    ("table1", 6, 6), ("table3", 6, 6), ("ablation", 3, 3), ("aggregators", 3, 3),
+    ("table1", 18, 18), ("table3", 6, 6), ("ablation", 3, 3), ("aggregators", 3, 3),
     ("weak", 4, 4), ("seeds", 1, 5),
 ])
 def test_rows_are_valid_configurations(protocol, n_rows, n_runs):
@@ -33,8 +33,12 @@ def test_rows_are_valid_configurations(protocol, n_rows, n_runs):
         seeds = [c.seed for c in rows[0].configs]
         assert seeds == [0, 1, 2, 3, 4] and all(c.generate_split for c in rows[0].configs)
     if protocol == "table1":
-        assert {validate(r.configs[0]).config.dataset for r in rows} == {"ucf", "xd"}
-        assert rows[0].paper == tables.PAPER_AUC["table1"]["ucf/centralized"]
+        resolved = [validate(r.configs[0]) for r in rows]
+        assert {r.config.dataset for r in resolved} == {"ucf", "xd"}
+        assert [r.config.method for r in resolved[:3]] == ["gcl", "c2fpl", "clap"]
+        assert [r.paper for r in rows[:3]] == [71.04, 80.65, 80.9]  # UCF centralized: GCL, C2FPL, CLAP
+        assert rows[-1].paper == tables.PAPER_AUC["table1"]["clap xd/collaborative"] == 77.65
+        assert len({r.label for r in rows}) == 18
 
 
 def test_ablation_protocol_writes_a_well_formed_table(tmp_path, capsys):
@@ -62,3 +66,11 @@ def test_real_features_for_table1_need_both_datasets(tmp_path):
         protocol="table1", features_dir=tmp_path / "ucf", xd_features_dir=tmp_path / "xd"))
     assert {r.configs[0].features_dir for r in rows} == {tmp_path / "ucf", tmp_path / "xd"}
     assert protocols.cli(["seeds", "--seeds", "1", "--workdir", str(tmp_path)]) == 2
+
+
+def test_table1_methods_subset():
+    rows = protocols.rows_for(_args("table1", methods=("c2fpl",)))
+    assert [r.label for r in rows[:3]] == ["ucf centralized C2FPL", "ucf local C2FPL", "ucf collaborative C2FPL"]
+    assert all(r.configs[0].method == "c2fpl" for r in rows) and len(rows) == 6
+    with pytest.raises(protocols.ProtocolError, match="--methods"):
+        protocols.rows_for(_args("table1", methods=()))

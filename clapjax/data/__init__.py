@@ -10,6 +10,7 @@ Typical use::
     split = splits.load("ucf", "event", 13)
     feats, layout = train.read_many(split.participants[0])   # [S, crops, D], Layout
     gt = data.frame_ground_truth(test)                       # [16 * S_test] uint8
+    store = data.PackedFeatures(train, split.participants[0])   # [S, crops, D], read on demand
 
 Your own features and annotations::
 
@@ -60,6 +61,7 @@ from clapjax.data.sources import (
     true_segment_labels,
     video_name_from_path,
 )
+from clapjax.data.store import PackedFeatures
 from clapjax.data.synthetic import SyntheticConfig, SyntheticSource, shrink_split
 from clapjax.data.validation import DataError, check_participants
 
@@ -77,6 +79,7 @@ __all__ = [
     "FeatureSource",
     "ManifestEntry",
     "NpyFilesSource",
+    "PackedFeatures",
     "SourceBase",
     "SyntheticConfig",
     "SyntheticSource",

@@ -818,6 +818,37 @@ class NpyFilesSource(SourceBase):
                         np.load(p, mmap_mode="r", allow_pickle=False)[j]).all())
         return finite_rows(out, video=name, file=file, nonfinite=self.nonfinite)
 
+    # -- direct row access (streaming; see clapjax.data.store) ----------------
+    def row_pieces(self, i: int):
+        """Where video ``i``'s rows sit in its file(s), for reading rows without the whole video.
+
+        Returns:
+          one :class:`clapjax.data.store.RowPiece` per file (a whole-video file,
+          or each crop file in crop order; a crops-first ``(crops, m, D)`` file
+          is one piece per crop), or None when rows cannot be read directly
+          (text files, Fortran-ordered arrays; ``nonfinite="drop"`` changes rows).
+        """
+        from clapjax.data.store import RowPiece, npy_data_layout
+
+        if self.nonfinite != "error":
+            return None
+        pieces = []
+        for path in self.files[i]:
+            if path.suffix != ".npy":
+                return None
+            offset, shape, dtype, fortran = npy_data_layout(path)
+            if fortran and len(shape) > 1:
+                return None
+            if len(shape) == 3 and self.layout == "crops_first":
+                c, m, d = shape
+                row = d * dtype.itemsize
+                pieces += [RowPiece(str(path), offset + k * m * row, row, 1, dtype) for k in range(c)]
+                continue
+            crops = shape[1] if len(shape) == 3 else 1
+            stride = crops * shape[-1] * dtype.itemsize
+            pieces.append(RowPiece(str(path), offset, stride, crops, dtype))
+        return pieces
+
 
 class ConcatenatedSource(SourceBase):
     """One concatenated ``(S, crops, D)`` / ``(S, D)`` array plus ``[start, end)`` ranges.
@@ -911,6 +942,22 @@ class ConcatenatedSource(SourceBase):
         s, e = self.ranges[i]
         out = _crop_reduce(self._mmap()[s:e], self.crop_mode)
         return finite_rows(out, video=self.names[i], file=self.path, nonfinite=self.nonfinite)
+
+    # -- direct row access (streaming; see clapjax.data.store) ----------------
+    def row_pieces(self, i: int):
+        """Where video ``i``'s rows sit in the array (one
+        :class:`clapjax.data.store.RowPiece`), or None when they cannot be read
+        directly (Fortran order; ``nonfinite="drop"``)."""
+        from clapjax.data.store import RowPiece, npy_data_layout
+
+        if self.nonfinite != "error":
+            return None
+        offset, shape, dtype, fortran = npy_data_layout(self.path)
+        if fortran and len(shape) > 1:
+            return None
+        crops = shape[1] if len(shape) == 3 else 1
+        stride = crops * shape[-1] * dtype.itemsize
+        return [RowPiece(str(self.path), offset + int(self.ranges[i][0]) * stride, stride, crops, dtype)]
 
 
 def _is_ranges_list(path: Path) -> bool:

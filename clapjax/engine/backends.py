@@ -26,24 +26,24 @@ import concurrent.futures
 import dataclasses
 import functools
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from clapjax import model as model_lib
 from clapjax.engine import local
-from clapjax.engine.data import BatchPlan, step_groups
+from clapjax.engine.data import BatchPlan, adaptive_step_groups
 from clapjax.engine.local import ClientContext, ClientFns, ClientOutput
+from clapjax.engine.method import Method, as_method
 from clapjax.engine.options import TrainOptions
-from clapjax.model import ModelOptions
 
 #: Python-side trace counters (a jitted function's body runs once per compile).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 PARTICIPANT_AXIS = "participants"
+T = TypeVar("T")
 
 
 def _correction(opts: TrainOptions, server_control, control):
@@ -63,10 +63,10 @@ def participant_round(
     return fns.final(state, ctx, control, server_control)
 
 
-def score_rows(params, features, rows: jax.Array, model_options: ModelOptions) -> jax.Array:
+def score_rows(params, features, rows: jax.Array, method: Method) -> jax.Array:
     """Eval scores of ``rows [n_chunks, chunk]`` of ``features`` -> ``[n_chunks * chunk]``."""
     def one(r):
-        return model_lib.score(params, jnp.take(features, r, axis=0, mode="clip"), model_options)
+        return method.score(params, jnp.take(features, r, axis=0, mode="clip"))
     return jax.lax.map(one, rows).reshape(-1)
 
 
@@ -75,17 +75,18 @@ def compile_key(opts: TrainOptions) -> TrainOptions:
     executor's host loop) reset, so engines differing only in them share
     compiled functions."""
     return dataclasses.replace(
-        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1,
-        setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1)
+        opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1, vmap_max_overhead=1.5,
+        setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1,
+        lr_milestones=(), lr_decay=0.1)
 
 
 @functools.lru_cache(maxsize=32)
-def cached_executor(model_options: ModelOptions, opts: TrainOptions, stacked_start: bool,
-                    devices: tuple | None = None) -> "Executor":
+def cached_executor(method: Method, opts: TrainOptions, stacked_start: bool,
+                    devices: tuple | None = None, phase=0) -> "Executor":
     """An :class:`Executor` shared by engines with identical configuration, so
     a fresh engine (e.g. resuming in the same process) reuses compiled code."""
-    fns = local.client_fns(model_options, opts)
-    return Executor(fns, opts, model_options, stacked_start, devices)
+    fns = local.client_fns(method, opts, phase)
+    return Executor(fns, opts, method, stacked_start, devices)
 
 
 def device_mesh(devices=None) -> Mesh:
@@ -97,15 +98,16 @@ class Executor:
     """Runs one round's local training and per-participant scoring on a backend.
 
     Args:
-      fns: per-participant functions; opts / model_options: configuration.
+      fns: per-participant functions; opts: configuration; method: the
+        training method (its ``score``; a ``ModelOptions`` means CLAP's scorer).
       stacked_start: True if the start parameters carry a ``[K]`` axis (local
         setting), False if all participants start from the server parameters.
       devices: devices for the sharded backend (default: all local devices).
     """
 
-    def __init__(self, fns: ClientFns, opts: TrainOptions, model_options: ModelOptions,
+    def __init__(self, fns: ClientFns, opts: TrainOptions, method: Method,
                  stacked_start: bool, devices=None):
-        self.fns, self.opts, self.model_options = fns, opts, model_options
+        self.fns, self.opts, self.method = fns, opts, as_method(method)
         self.stacked_start = stacked_start
         self.backend = opts.backend
         self.mesh = device_mesh(devices) if self.backend == "sharded" else None
@@ -117,7 +119,7 @@ class Executor:
 
     # ------------------------------------------------------------------ build
     def _build(self):
-        fns, opts, mo = self.fns, self.opts, self.model_options
+        fns, opts, method = self.fns, self.opts, self.method
         sp = 0 if self.stacked_start else None
 
         def train_all(start_params, rngs, labels, controls, server_control, features, rows, positions, mask, valid):
@@ -147,11 +149,11 @@ class Executor:
 
         def score_all(params, features, rows):
             TRACE_COUNTS["score_all"] += 1
-            return jax.vmap(lambda p, r: score_rows(p, features, r, mo))(params, rows)
+            return jax.vmap(lambda p, r: score_rows(p, features, r, method))(params, rows)
 
         def score_chunk_all(params, x):
             TRACE_COUNTS["score_chunk_all"] += 1
-            return jax.vmap(lambda p, xx: model_lib.score(p, xx, mo))(params, x)
+            return jax.vmap(lambda p, xx: method.score(p, xx))(params, x)
 
         if self.backend == "sharded":
             # shard_map: each device runs the vmapped participants it holds.
@@ -206,11 +208,11 @@ class Executor:
 
         def score_one(params, features, rows):
             TRACE_COUNTS["score_one"] += 1
-            return score_rows(params, features, rows, mo)
+            return score_rows(params, features, rows, method)
 
         def score_chunk_one(params, x):
             TRACE_COUNTS["score_chunk_one"] += 1
-            return model_lib.score(params, x, mo)
+            return method.score(params, x)
 
         self._chunk_one = jax.jit(chunk_one)
         self._chunk_one_x = jax.jit(chunk_one_x)
@@ -263,7 +265,7 @@ class Executor:
     # ------------------------------------------------------------------ train
     def stream_steps(self, features: np.ndarray, participants: int, batch: int) -> int:
         """Steps per streamed chunk: ``chunk_steps`` capped by ``stream_chunk_bytes``."""
-        per_step = participants * batch * int(np.prod(features.shape[1:])) * features.itemsize
+        per_step = participants * batch * int(np.prod(features.shape[1:])) * np.dtype(features.dtype).itemsize
         return int(max(1, min(self.opts.chunk_steps, self.opts.stream_chunk_bytes // max(per_step, 1))))
 
     def train(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
@@ -274,7 +276,7 @@ class Executor:
         Exactly one of ``features_device`` (in-memory path) and
         ``features_host`` (streaming path) is given. ``groups`` (vmap backend,
         in-memory path): participant index groups, one call each (default:
-        ``step_groups`` of the plan with ``opts.vmap_groups``).
+        ``adaptive_step_groups`` of the plan with ``opts.vmap_groups``).
         """
         if self.backend == "loop":
             return self._train_loop(start_params, rngs, labels, controls, server_control, plan,
@@ -282,40 +284,68 @@ class Executor:
         start_params = self.put_start(start_params)
         rngs, labels, controls = self.put_k(rngs), self.put_k(labels), self.put_k(controls)
         server_control = self.put_rep(server_control)
-        if self.backend == "vmap" and features_host is None:
+        if self.backend == "vmap":
             return self._train_groups(start_params, rngs, labels, controls, server_control, plan,
-                                      features_device, groups)
+                                      features_device, groups, features_host)
         if features_host is None:
             return self._train_all(start_params, rngs, labels, controls, server_control, features_device,
                                    *self.put_k(tuple(plan)))
         state = self._init_all(start_params, rngs)
         tc = self.stream_steps(features_host, plan.rows.shape[0], plan.rows.shape[2])
         for x, p, m, v in stream_chunks(features_host, plan, tc):
-            state = self._chunk_all(state, start_params, labels, controls, server_control,
-                                    *self.put_k((x, p, m, v)))
+            state = _after(state, self._chunk_all(state, start_params, labels, controls, server_control,
+                                                  *self.put_k((x, p, m, v))))
         return self._final_all(state, start_params, labels, controls, server_control)
 
     def _train_groups(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
-                      features_device, groups) -> ClientOutput:
+                      features_device, groups, features_host=None) -> ClientOutput:
         steps = plan.step_valid.sum(axis=1)
         if groups is None:
-            groups = step_groups(steps, self.opts.vmap_groups)
+            groups = adaptive_step_groups(steps, self.opts.vmap_groups, self.opts.vmap_max_overhead)
         outputs = []
         for idx in groups:
-            sub = tuple(a[idx, : max(1, int(steps[idx].max()))] for a in plan)
-            if idx.size == 1:
+            sub = BatchPlan(*(a[idx, : max(1, int(steps[idx].max()))] for a in plan))
+            one = idx.size == 1
+            if one:
                 k = int(idx[0])
                 pick = lambda tree: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
-                fn, rng, lab, sub = self._train_one, rngs[k], labels[k], tuple(a[0] for a in sub)
+                rng, lab = rngs[k], labels[k]
             else:
                 pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)  # noqa: E731
-                fn, rng, lab = self._train_all, rngs[idx], labels[idx]
+                rng, lab = rngs[idx], labels[idx]
             sp = pick(start_params) if self.stacked_start else start_params
-            outputs.append(fn(sp, rng, lab, pick(controls), server_control, features_device, *sub))
+            ctl = pick(controls)
+            if features_host is not None:
+                outputs.append(self._stream_group(sp, rng, lab, ctl, server_control, sub, features_host, one))
+            elif one:
+                outputs.append(self._train_one(sp, rng, lab, ctl, server_control, features_device,
+                                               *(a[0] for a in sub)))
+            else:
+                outputs.append(self._train_all(sp, rng, lab, ctl, server_control, features_device, *sub))
         if len(groups) == 1 and np.array_equal(groups[0], np.arange(plan.rows.shape[0])):
             return outputs[0]
         inverse = np.argsort(np.concatenate(groups))
         return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
+
+    def _stream_group(self, start_params, rngs, labels, controls, server_control, plan: BatchPlan,
+                      features_host, one: bool) -> ClientOutput:
+        """One step-count group trained from host features, chunk by chunk: the
+        same per-participant computation as the in-memory group (a group of
+        one runs unbatched, like ``_train_one``)."""
+        k, _, b = plan.rows.shape
+        tc = self.stream_steps(features_host, k, b)
+        if one:
+            state = self._init_one(start_params, rngs)
+            for x, p, m, v in stream_chunks(features_host, plan, tc):
+                state = _after(state, self._chunk_one_x(state, start_params, labels, controls, server_control,
+                                                        x[0], p[0], m[0], v[0]))
+            out = self._final_one(state, start_params, labels, controls, server_control)
+            return jax.tree.map(lambda a: a[None], out)
+        state = self._init_all(start_params, rngs)
+        for x, p, m, v in stream_chunks(features_host, plan, tc):
+            state = _after(state, self._chunk_all(state, start_params, labels, controls, server_control,
+                                                  x, p, m, v))
+        return self._final_all(state, start_params, labels, controls, server_control)
 
     def _train_loop(self, start_params, rngs, labels, controls, server_control, plan,
                     features_device, features_host) -> ClientOutput:
@@ -340,7 +370,8 @@ class Executor:
             else:
                 trimmed = BatchPlan(*(a[:, : max(n_valid, 1)] for a in one))
                 for x, p, m, v in stream_chunks(features_host, trimmed, self.stream_steps(features_host, 1, plan.rows.shape[2])):
-                    state = self._chunk_one_x(state, sp, lab, ctl, server_control, x[0], p[0], m[0], v[0])
+                    state = _after(state, self._chunk_one_x(state, sp, lab, ctl, server_control,
+                                                            x[0], p[0], m[0], v[0]))
             outputs.append(self._final_one(state, sp, lab, ctl, server_control))
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
@@ -356,14 +387,18 @@ class Executor:
                 if features_host is None:
                     outs.append(self._score_one(pk, features_device, rows[k]))
                 else:
-                    outs.append(jnp.concatenate([
-                        self._score_chunk_one(pk, features_host[r]) for r in rows[k]]))
+                    rk = rows[k]
+                    parts = []
+                    for x in prefetched(lambda c: features_host[rk[c]], rk.shape[0]):
+                        parts.append(_after(parts[-1] if parts else None, self._score_chunk_one(pk, x)))
+                    outs.append(jnp.concatenate(parts))
             return jnp.stack(outs)
         params = self.put_k(params)
         if features_host is None:
             return self._score_all(params, features_device, self.put_k(rows))
-        outs = [self._score_chunk_all(params, self.put_k(features_host[rows[:, c]]))
-                for c in range(rows.shape[1])]
+        outs = []
+        for x in prefetched(lambda c: features_host[rows[:, c]], rows.shape[1]):
+            outs.append(_after(outs[-1] if outs else None, self._score_chunk_all(params, self.put_k(x))))
         return jnp.concatenate(outs, axis=1)
 
 
@@ -375,12 +410,43 @@ def _pad_steps(a: np.ndarray, t: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
-def stream_chunks(features: np.ndarray, plan: BatchPlan, chunk_steps: int
+def _after(previous, new):
+    """Returns ``new`` once ``previous`` (the last chunk's result) is computed.
+
+    JAX dispatches asynchronously: without this a host loop over streamed
+    chunks would queue every chunk's features (each call keeps its input
+    alive until it runs), i.e. the whole round in memory. Waiting for the
+    previous chunk keeps at most two chunks on the device (one running, one
+    queued) plus the one being read.
+    """
+    if previous is not None:
+        jax.block_until_ready(previous)
+    return new
+
+
+def prefetched(load: Callable[[int], T], n: int) -> Iterator[T]:
+    """Yields ``load(0), ..., load(n - 1)``; item ``c + 1`` is loaded in a
+    background thread while the caller works on item ``c`` (host reads overlap
+    device compute; at most two items exist at once)."""
+    if n <= 0:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, 0)
+        for c in range(n):
+            item = pending.result()
+            if c + 1 < n:
+                pending = pool.submit(load, c + 1)
+            yield item
+            del item
+
+
+def stream_chunks(features, plan: BatchPlan, chunk_steps: int
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yields ``(x [K, Tc, B, C, D], positions, mask, valid)`` chunk by chunk.
 
-    The next chunk's rows are read from ``features`` (np.ndarray or np.memmap)
-    in a background thread while the caller trains on the current one.
+    The next chunk's rows are read from ``features`` (np.ndarray, np.memmap
+    or a row store such as :class:`clapjax.data.store.PackedFeatures`) in a
+    background thread while the caller trains on the current one.
     """
     k, t, b = plan.rows.shape
     n_chunks = -(-t // chunk_steps)
@@ -394,10 +460,4 @@ def stream_chunks(features: np.ndarray, plan: BatchPlan, chunk_steps: int
         valid = _pad_steps(plan.step_valid[:, sl].T, chunk_steps).T
         return x, pos, mask, valid
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, 0)
-        for c in range(n_chunks):
-            chunk = pending.result()
-            if c + 1 < n_chunks:
-                pending = pool.submit(load, c + 1)
-            yield chunk
+    yield from prefetched(load, n_chunks)

@@ -22,7 +22,8 @@ class FederatedData:
     """Participants as row sets of a shared feature array.
 
     Attributes:
-      features: ``[S, C, D] float32`` np.ndarray or np.memmap (shared, read-only).
+      features: ``[S, C, D] float32`` np.ndarray, np.memmap or a host row
+        store (see :func:`is_row_store`; streaming only), shared and read-only.
       labels: ``[S] float32`` initial segment (pseudo-)labels.
       participants: K arrays of row indices (int64) into ``features``; the
         order is the participant's training (split) order.
@@ -57,6 +58,15 @@ class FederatedData:
         return int(self.features.shape[2])
 
 
+def is_row_store(features) -> bool:
+    """True for a host row store: not an ndarray, but ``shape``, ``dtype`` and
+    ``store[rows]`` / ``store[a:b]`` returning ndarrays (e.g.
+    :class:`clapjax.data.store.PackedFeatures`, which reads rows from files).
+    The engine reads such features only in streaming mode."""
+    return (not isinstance(features, np.ndarray) and hasattr(features, "__getitem__")
+            and hasattr(features, "shape") and hasattr(features, "dtype"))
+
+
 def federated_data(
     features: np.ndarray,
     labels: np.ndarray,
@@ -68,17 +78,20 @@ def federated_data(
     """Validates and bundles federated inputs (no feature copy).
 
     Args:
-      features: ``[S, C, D]`` or ``[S, D]`` float32 (a 2-D array is viewed as C = 1).
+      features: ``[S, C, D]`` or ``[S, D]`` float32 (a 2-D array is viewed as C = 1),
+        or a host row store such as :class:`clapjax.data.store.PackedFeatures`
+        (``[S, C, D]``; streaming only).
       labels: ``[S]`` values in [0, 1].
       participants: K int arrays of rows in ``[0, S)``.
       layouts / video_labels: per participant, both or neither.
       names: K names (default ``participant_<k>``).
     """
-    if not isinstance(features, np.ndarray):
-        raise TypeError(f"features must be a numpy array or memmap, got {type(features).__name__}")
-    if features.ndim == 2:
+    if not isinstance(features, np.ndarray) and not is_row_store(features):
+        raise TypeError(f"features must be a numpy array, memmap or row store (shape, dtype, "
+                        f"store[rows]), got {type(features).__name__}")
+    if isinstance(features, np.ndarray) and features.ndim == 2:
         features = features.reshape(features.shape[0], 1, features.shape[1])
-    if features.ndim != 3:
+    if len(features.shape) != 3:
         raise ValueError(f"features must have shape [S, C, D] or [S, D], got {features.shape}")
     if features.dtype != np.float32:
         raise ValueError(f"features must be float32 (got {features.dtype}); convert once before training")
@@ -173,8 +186,107 @@ class BatchPlan(NamedTuple):
 
 
 def plan_steps(counts: np.ndarray, batch_size: int, epochs: int) -> int:
-    """Steps T of the longest participant (the common scan length)."""
+    """Steps T of the longest participant (the common scan length) under the
+    default :class:`SegmentSampler`."""
     return max(1, int(steps_per_epoch(counts, batch_size).max(initial=0)) * epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSampler:
+    """Batches of ``batch_size`` segments: every epoch visits all of a
+    participant's rows once, in a fresh permutation (``rng``) or in split
+    order; the last partial batch is masked, not dropped (CLAP, C2FPL).
+
+    Implements :class:`clapjax.engine.method.BatchSampler`.
+    """
+
+    batch_size: int
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_size
+
+    def steps_per_epoch(self, count: int, lengths=None, video_labels=None) -> int:
+        return int(-(-int(count) // self.batch_size))
+
+    def epoch(self, count: int, lengths, video_labels, rng: np.random.Generator | None):
+        n, b = int(count), self.batch_size
+        spe = self.steps_per_epoch(n)
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        positions = np.zeros(spe * b, np.int64)
+        positions[:n] = order
+        mask = np.zeros(spe * b, bool)
+        mask[:n] = True
+        return positions.reshape(spe, b), mask.reshape(spe, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsecutiveSampler:
+    """Batches of ``batch_size`` temporally consecutive segments (GCL, CLAWS).
+
+    A participant's rows, in split (video) order, are cut into runs of
+    ``batch_size`` consecutive rows; every epoch visits every run once, in a
+    fresh random order of runs (``rng``) or in order. With ``within_videos``
+    a run never crosses a video boundary (each video's last run is partial
+    and masked; needs the data's layouts); otherwise runs cut through the
+    concatenated videos and only the participant's last run is partial.
+
+    Implements :class:`clapjax.engine.method.BatchSampler`.
+    """
+
+    batch_size: int
+    within_videos: bool = False
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_size
+
+    def _starts(self, count: int, lengths) -> tuple[np.ndarray, np.ndarray]:
+        b = self.batch_size
+        if not self.within_videos:
+            starts = np.arange(0, int(count), b, dtype=np.int64)
+            return starts, np.minimum(b, int(count) - starts)
+        if lengths is None:
+            raise ValueError("ConsecutiveSampler(within_videos=True) needs the videos' lengths (data layouts)")
+        lengths = np.asarray(lengths, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        starts, sizes = [], []
+        for o, m in zip(offsets, lengths):
+            s = np.arange(0, int(m), b, dtype=np.int64)
+            starts.append(o + s)
+            sizes.append(np.minimum(b, m - s))
+        if not starts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(starts), np.concatenate(sizes)
+
+    def steps_per_epoch(self, count: int, lengths=None, video_labels=None) -> int:
+        return int(self._starts(count, lengths)[0].size)
+
+    def epoch(self, count: int, lengths, video_labels, rng: np.random.Generator | None):
+        starts, sizes = self._starts(count, lengths)
+        order = rng.permutation(starts.size) if rng is not None else np.arange(starts.size)
+        offs = np.arange(self.batch_size, dtype=np.int64)
+        positions = starts[order, None] + offs[None, :]
+        mask = offs[None, :] < sizes[order, None]
+        return np.where(mask, positions, 0), mask
+
+
+def participant_steps(sampler, participants: Sequence[np.ndarray], layouts=None, video_labels=None) -> np.ndarray:
+    """``[K] int64`` steps per epoch of every participant under ``sampler``."""
+    out = np.zeros(len(participants), np.int64)
+    for k, idx in enumerate(participants):
+        if idx.size:
+            out[k] = sampler.steps_per_epoch(idx.size, *_video_info(layouts, video_labels, k))
+    return out
+
+
+def _video_info(layouts, video_labels, k):
+    if layouts is None:
+        return None, None
+    lengths = np.asarray(layouts[k].lengths, np.int64)
+    real = lengths > 0
+    vl = None if video_labels is None else np.asarray(video_labels[k], bool)[: int(real.sum())]
+    return lengths[real], vl
 
 
 def make_plan(
@@ -186,42 +298,48 @@ def make_plan(
     round_index: int,
     num_steps: int | None = None,
     num_participants: int | None = None,
+    sampler=None,
+    layouts: Sequence[Layout] | None = None,
+    video_labels: Sequence[np.ndarray] | None = None,
 ) -> BatchPlan:
     """Batches of every participant for one round.
 
-    Each epoch visits all of a participant's rows once (a fresh permutation per
-    epoch if ``shuffle``, seeded by ``(seed, round, participant, epoch)``;
-    otherwise split order). Participants are padded to ``num_steps`` with
-    invalid steps and to ``num_participants`` with fully masked participants.
+    Each epoch's batches come from ``sampler`` (default
+    :class:`SegmentSampler` of ``batch_size``: all of a participant's rows
+    once, in a fresh permutation per epoch if ``shuffle``, else split order);
+    the permutation generator is seeded by ``(seed, round, participant,
+    epoch)``. Participants are padded to ``num_steps`` with invalid steps and
+    to ``num_participants`` with fully masked participants. ``layouts`` /
+    ``video_labels`` are handed to samplers that batch by video.
     """
+    sampler = SegmentSampler(batch_size) if sampler is None else sampler
+    b = int(sampler.rows_per_step)
     k_real = len(participants)
     k = k_real if num_participants is None else num_participants
-    counts = np.array([p.size for p in participants], np.int64)
-    t = plan_steps(counts, batch_size, epochs) if num_steps is None else num_steps
-    rows = np.zeros((k, t, batch_size), np.int32)
-    positions = np.zeros((k, t, batch_size), np.int32)
-    row_mask = np.zeros((k, t, batch_size), bool)
+    spes = participant_steps(sampler, participants, layouts, video_labels)
+    t = max(1, int(spes.max(initial=0)) * epochs) if num_steps is None else num_steps
+    rows = np.zeros((k, t, b), np.int32)
+    positions = np.zeros((k, t, b), np.int32)
+    row_mask = np.zeros((k, t, b), bool)
     step_valid = np.zeros((k, t), bool)
     for p, idx in enumerate(participants):
         n = idx.size
         if n == 0:
             continue
-        spe = int(-(-n // batch_size))
+        spe = int(spes[p])
         if spe * epochs > t:
             raise ValueError(f"participant {p} needs {spe * epochs} steps, plan has {t}")
+        lengths, vl = _video_info(layouts, video_labels, p)
         for e in range(epochs):
-            if shuffle:
-                order = np.random.default_rng([seed, round_index, p, e]).permutation(n)
-            else:
-                order = np.arange(n)
-            flat_pos = np.zeros(spe * batch_size, np.int64)
-            flat_pos[:n] = order
-            mask = np.zeros(spe * batch_size, bool)
-            mask[:n] = True
+            rng = np.random.default_rng([seed, round_index, p, e]) if shuffle else None
+            pos, mask = sampler.epoch(n, lengths, vl, rng)
+            if pos.shape != (spe, b) or mask.shape != (spe, b):
+                raise ValueError(f"sampler {type(sampler).__name__} gave {pos.shape} positions for participant "
+                                 f"{p}, expected {(spe, b)}")
             sl = slice(e * spe, (e + 1) * spe)
-            positions[p, sl] = flat_pos.reshape(spe, batch_size)
-            rows[p, sl] = np.where(mask, idx[flat_pos], 0).reshape(spe, batch_size)
-            row_mask[p, sl] = mask.reshape(spe, batch_size)
+            positions[p, sl] = np.where(mask, pos, 0)
+            rows[p, sl] = np.where(mask, idx[np.where(mask, pos, 0)], 0)
+            row_mask[p, sl] = mask
             step_valid[p, sl] = True
     return BatchPlan(rows, positions, row_mask, step_valid)
 
@@ -262,13 +380,15 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
     cost = np.full((g_max + 1, k + 1), inf, np.int64)
     cut = np.zeros((g_max + 1, k + 1), np.int64)
     cost[0, 0] = 0
+    first = np.arange(k)[None, :]       # i: the group sorted[i:j] starts here; its largest is s[i]
+    end = np.arange(1, k + 1)[:, None]  # j
     for g in range(1, g_max + 1):
-        for j in range(1, k + 1):
-            for i in range(j):  # group = sorted[i:j]; its largest is s[i]
-                if cost[g - 1, i] < inf:
-                    c = cost[g - 1, i] + (j - i) * s[i]
-                    if c < cost[g, j]:
-                        cost[g, j], cut[g, j] = c, i
+        prev = cost[g - 1, :k][None, :]
+        cand = np.where((first < end) & (prev < inf), prev + (end - first) * s[None, :], inf)
+        i_best = np.argmin(cand, axis=1)  # the first minimal i, as a loop over i with "<" keeps
+        c_best = cand[np.arange(k), i_best]
+        cost[g, 1:] = np.where(c_best < inf, c_best, inf)
+        cut[g, 1:] = np.where(c_best < inf, i_best, 0)
     best = min(cost[g, k] for g in range(1, g_max + 1))
     g = next(g for g in range(1, g_max + 1) if cost[g, k] <= tolerance * best)
     bounds, j = [], k
@@ -277,6 +397,39 @@ def step_groups(steps: np.ndarray, max_groups: int, tolerance: float = 1.1,
         bounds.append((i, j))
         j = i
     return [np.sort(order[i:j]) for i, j in reversed(bounds)]
+
+
+def adaptive_step_groups(steps: np.ndarray, max_groups: int, max_overhead: float = 1.5,
+                         limit: int = 64) -> list[np.ndarray]:
+    """:func:`step_groups` with at most ``max_groups`` groups, or more when that
+    still pads the work beyond ``max_overhead``.
+
+    Very ragged splits (many participants of widely different sizes, e.g. a
+    random split of UCF-Crime into 500: 113 to 61,261 segments each) need more
+    groups to keep the padded work near the real work: the cap doubles (up to
+    ``limit`` and K) until the padded / real work is at most ``max_overhead``.
+    Splits that ``max_groups`` groups already serve are grouped exactly as by
+    ``step_groups(steps, max_groups)``, and ``max_groups=1`` always gives one group.
+
+    Args:
+      steps: ``[K]`` valid steps per participant.
+      max_groups: the usual cap (``TrainOptions.vmap_groups``).
+      max_overhead: padded / real work above which more groups are allowed
+        (``TrainOptions.vmap_max_overhead``).
+      limit: never more groups than this (each group is a call and a compilation).
+    Returns:
+      as :func:`step_groups`.
+    """
+    steps = np.asarray(steps, np.int64)
+    cap = max(1, int(max_groups))
+    groups = step_groups(steps, cap)
+    if cap == 1:  # one call, whatever the padding (vmap_groups=1)
+        return groups
+    real = max(int(steps.sum()), 1)
+    while group_work(steps, groups) > max_overhead * real and cap < min(limit, steps.size):
+        cap = min(2 * cap, limit, steps.size)
+        groups = step_groups(steps, cap)
+    return groups
 
 
 def group_work(steps: np.ndarray, groups: Sequence[np.ndarray]) -> int:

@@ -1,12 +1,16 @@
-"""The federated engine: state, rounds (local training → PLR → aggregation), resume.
+"""The federated engine: state, rounds (local training → refinement → aggregation), resume.
 
-Typical use::
+The engine trains any :class:`clapjax.engine.method.Method` (CLAP, C2FPL,
+GCL, ... in :mod:`clapjax.methods`). Typical use::
 
     data = federated_data(features, labels, participant_rows, layouts, video_labels)
-    engine = Engine(data, ModelOptions.preset("paper"), TrainOptions(rounds=10),
-                    plr_options=PseudoLabelOptions(), checkpoint_dir="run/ckpt")
+    method = clapjax.methods.Clap(ModelOptions.preset("paper"), PseudoLabelOptions())
+    engine = Engine(data, method, TrainOptions(rounds=10), checkpoint_dir="run/ckpt")
     state = engine.run()                       # resumes from the latest checkpoint
-    test_scores = score_segments(engine.global_params(state), test_features, engine.model_options)
+    test_scores = engine.score(engine.global_params(state), test_features)
+
+``Engine(data, model_options, train_options, plr_options=...)`` (a
+``ModelOptions`` instead of a method) still means CLAP.
 """
 
 from __future__ import annotations
@@ -19,15 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clapjax import model as model_lib
 from clapjax import packed
 from clapjax.engine import backends, data as data_lib, hostmem, server as server_lib
 from clapjax.engine.checkpoint import RoundCheckpointer
 from clapjax.engine.data import FederatedData
+from clapjax.engine.method import Method
 from clapjax.engine.options import TrainOptions
 from clapjax.engine.scoring import score_segments
 from clapjax.engine.server import ServerState
-from clapjax.model import ModelOptions
 
 RefineFn = Callable[..., jax.Array]
 
@@ -40,8 +43,9 @@ class EngineState(NamedTuple):
       server: global parameters, server-optimiser state, SCAFFOLD ``c``.
       participant_params: ``[K, ...]`` per-participant models (local setting; ``()`` otherwise).
       client_controls: ``[K, ...]`` SCAFFOLD ``c_i`` (``()`` otherwise).
-      labels: ``[K, N] float32`` each participant's current segment labels
-        (position ``j`` = its ``j``-th row; padding 0).
+      labels: ``[K, N] float32`` each participant's current per-row labels
+        (position ``j`` = its ``j``-th row; padding 0): the method's targets
+        (pseudo-labels), refined between rounds by methods that refine.
       rng: raw key data of the base dropout key (``prng_impl``).
     """
 
@@ -61,8 +65,8 @@ class RoundMetrics(NamedTuple):
       mean_loss: ``[K] float`` mean local training loss per participant.
       steps: ``[K] int`` local steps per participant.
       upload_bytes: bytes each participant uploaded (delta, + Δc for SCAFFOLD).
-      plr_applied: whether labels were refined this round.
-      labels_changed: ``[K] int`` segments whose label changed by PLR.
+      plr_applied: whether labels were refined this round (PLR: the method's refinement).
+      labels_changed: ``[K] int`` segments whose label changed by the refinement.
       seconds: wall time of the round (incl. compilation on the first round).
     """
 
@@ -75,22 +79,20 @@ class RoundMetrics(NamedTuple):
     seconds: float
 
 
-def _default_refine(scores, labels, layout, video_labels, opts):
-    from clapjax.spl import refine_labels  # lazy: helper module, imported only for PLR
-
-    return refine_labels(scores, labels, layout, video_labels, opts)
-
-
 class Engine:
-    """Runs CLAP's collaborative / local / centralized training on one set of data.
+    """Runs a method's collaborative / local / centralized training on one set of data.
 
     Args:
       data: participants as row sets of one shared feature array.
-      model_options / train_options: configuration (``setting``, ``backend`` …).
-      plr_options: options object passed to ``refine_fn`` (e.g.
-        ``clapjax.options.PseudoLabelOptions``); required when PLR is enabled.
-      refine_fn: ``(scores [S], labels [S], layout, video_labels [N], opts) -> [S]``,
-        jit-able; default ``clapjax.spl.refine_labels``.
+      method: the training method (:class:`clapjax.engine.method.Method`), or
+        a ``clapjax.model.ModelOptions``: CLAP's scorer
+        (:class:`clapjax.methods.clap.Clap` with ``plr_options`` / ``refine_fn``).
+      train_options: configuration (``setting``, ``backend`` …).
+      plr_options: with a ``ModelOptions`` only: options passed to
+        ``refine_fn`` (e.g. ``clapjax.options.PseudoLabelOptions``).
+      refine_fn: with a ``ModelOptions`` only: ``(scores [S], labels [S],
+        layout, video_labels [N], opts) -> [S]``, jit-able; default
+        ``clapjax.spl.refine_labels``.
       checkpoint_dir: if given, the state is checkpointed after every round.
       server_tx: an optax optimiser overriding ``train_options.server_optimizer``.
       devices: devices of the sharded backend (default: all local devices, or
@@ -101,7 +103,7 @@ class Engine:
     def __init__(
         self,
         data: FederatedData,
-        model_options: ModelOptions = ModelOptions(),
+        method: Any = None,
         train_options: TrainOptions = TrainOptions(),
         *,
         plr_options: Any = None,
@@ -113,21 +115,27 @@ class Engine:
         opts = train_options
         if opts.setting == "centralized":
             data = data_lib.centralize(data)
-        self.data, self.model_options, self.opts = data, model_options, opts
-        self.plr_options = plr_options
-        self.refine_fn = refine_fn or _default_refine
+        method = _resolve_method(method, plr_options, refine_fn)
+        self.data, self.method, self.opts = data, method, opts
+        #: The scorer's options of single-scorer methods (CLAP, C2FPL); None otherwise.
+        self.model_options = getattr(method, "model", None)
+        refine = method.refinement()
         if opts.plr_start_round is not None and data.layouts is None:
             raise ValueError("PLR is enabled (plr_start_round is set) but the data have no layouts/video_labels")
-        if opts.plr_start_round is not None and plr_options is None and refine_fn is None:
-            raise ValueError("PLR is enabled (plr_start_round is set) but no plr_options were given "
-                             "(e.g. clapjax.options.PseudoLabelOptions())")
+        if opts.plr_start_round is not None and refine is None:
+            raise ValueError(f"PLR is enabled (plr_start_round is set) but method {method.name!r} has no "
+                             "refinement: set plr_start_round=None, or give its refinement options (with a "
+                             "ModelOptions: plr_options, e.g. clapjax.options.PseudoLabelOptions())")
+        if data_lib.is_row_store(data.features) and not opts.streaming:
+            raise ValueError(f"the features are a host row store ({type(data.features).__name__}), "
+                             f"read from disk on demand; train them with streaming=True")
         if devices is None and opts.backend == "sharded" and 0 < data.num_participants < len(jax.devices()):
             devices = jax.devices()[: data.num_participants]
-        self.executor = backends.cached_executor(
-            model_options, backends.compile_key(opts), opts.setting == "local",
-            None if devices is None else tuple(devices))
+        self._devices = None if devices is None else tuple(devices)
+        self.executor = self._executor(0)
         self.fns = self.executor.fns
         self.server_tx = server_tx if server_tx is not None else server_lib.server_optimizer(opts)
+        self.sampler = method.sampler(opts)
 
         k = data.num_participants
         nd = self.executor.num_devices
@@ -135,11 +143,12 @@ class Engine:
         self.num_padded = -(-k // nd) * nd
         counts = data.counts
         self.num_rows = max(int(counts.max(initial=0)), 1)
-        self.num_steps = data_lib.plan_steps(counts, opts.batch_size, opts.local_epochs)
+        spe = data_lib.participant_steps(self.sampler, data.participants, data.layouts, data.video_labels)
+        self.num_steps = max(1, int(spe.max(initial=0)) * opts.local_epochs)
         # vmap backend: groups of similar step counts (fixed: counts and epochs are).
-        self.groups = data_lib.step_groups(
-            np.concatenate([data_lib.steps_per_epoch(counts, opts.batch_size) * opts.local_epochs,
-                            np.zeros(self.num_padded - k, np.int64)]), opts.vmap_groups)
+        self.groups = data_lib.adaptive_step_groups(
+            np.concatenate([spe * opts.local_epochs, np.zeros(self.num_padded - k, np.int64)]),
+            opts.vmap_groups, opts.vmap_max_overhead)
         self.weights = server_lib.participant_weights(counts, opts.weighting, self.num_padded)
         self.control_weights = server_lib.control_weights(counts, self.num_padded)
         # Scoring gathers [K, chunk, C, D] at a time: keep it under stream_chunk_bytes.
@@ -151,7 +160,7 @@ class Engine:
         self._features_device = None
         self._plr_inputs = None
         self._aggregate = _aggregate_fn(backends.compile_key(opts), server_tx)
-        self._refine_all = _refine_fn(self.refine_fn, _hashable(plr_options))
+        self._refine_all = _refine_fn(refine) if refine is not None else None
         self._round_keys = functools.partial(_round_keys_fn(opts.prng_impl), num=self.num_padded)
         self.checkpointer = RoundCheckpointer(checkpoint_dir) if checkpoint_dir is not None else None
 
@@ -160,7 +169,7 @@ class Engine:
         """Fresh state: initial parameters from ``seed``, zero control variates,
         labels from the data."""
         opts, d = self.opts, self.data
-        params = model_lib.init_params(self.model_options, d.feature_dim, jax.random.key(opts.seed), d.crops)
+        params = self.method.init_params(d.feature_dim, d.crops, jax.random.key(opts.seed))
         server = server_lib.init_server(params, opts, self.server_tx)
         stack = lambda p: jax.tree.map(  # noqa: E731
             lambda x: jnp.broadcast_to(x, (self.num_padded, *x.shape)).copy(), p)
@@ -193,12 +202,12 @@ class Engine:
 
     def score(self, params, features, batch_size: int | None = None) -> np.ndarray:
         """Eval scores of any features ``[S, C, D]`` (e.g. the test set)."""
-        return score_segments(params, features, self.model_options, batch_size or self.opts.score_chunk)
+        return score_segments(params, features, self.method, batch_size or self.opts.score_chunk)
 
     @functools.cached_property
     def _upload_bytes(self) -> int:
-        shapes = jax.eval_shape(lambda k: model_lib.init_params(
-            self.model_options, self.data.feature_dim, k, self.data.crops), jax.random.key(0))
+        shapes = jax.eval_shape(lambda k: self.method.init_params(
+            self.data.feature_dim, self.data.crops, k), jax.random.key(0))
         return server_lib.upload_bytes(shapes, self.opts)
 
     def upload_bytes(self) -> int:
@@ -210,27 +219,41 @@ class Engine:
         s = self.opts.plr_start_round
         return s is not None and round_index >= s
 
+    def _executor(self, round_index: int) -> backends.Executor:
+        """The executor of a round: compiled for the round's phase and learning rate."""
+        opts = self.opts
+        lr = opts.round_lr(round_index)
+        key = backends.compile_key(opts if lr == opts.lr else opts.replace(lr=lr))
+        return backends.cached_executor(self.method.compile_key(), key, opts.setting == "local", self._devices,
+                                        self.method.phase(round_index))
+
+    def plan(self, round_index: int) -> data_lib.BatchPlan:
+        """The batches of every (padded) participant in round ``round_index``."""
+        opts, d = self.opts, self.data
+        return data_lib.make_plan(
+            d.participants, opts.batch_size, opts.local_epochs, opts.shuffle, opts.seed, round_index,
+            self.num_steps, self.num_padded, sampler=self.sampler, layouts=d.layouts, video_labels=d.video_labels)
+
     def run_round(self, state: EngineState) -> tuple[EngineState, RoundMetrics]:
-        """Local training of every participant, PLR (if active), aggregation."""
+        """Local training of every participant, refinement (if active), aggregation."""
         t0 = time.perf_counter()
         traces = sum(backends.TRACE_COUNTS.values())
         opts, r = self.opts, int(state.round)
-        plan = data_lib.make_plan(
-            self.data.participants, opts.batch_size, opts.local_epochs, opts.shuffle, opts.seed, r,
-            self.num_steps, self.num_padded)
+        plan = self.plan(r)
         rngs = self._round_keys(state.rng, jnp.int32(r))
         local_setting = opts.setting == "local"
         start = state.participant_params if local_setting else state.server.params
         feats = self._features()
-        outputs = self.executor.train(
+        executor = self._executor(r)
+        outputs = executor.train(
             start, rngs, state.labels, state.client_controls, state.server.control, plan,
             features_device=feats, features_host=self.data.features if opts.streaming else None,
             groups=self.groups)
-        outputs = self.executor.gather(outputs)
+        outputs = executor.gather(outputs)
         labels = state.labels
         plr = self.plr_active(r)
         if plr:
-            scores = self.executor.score(outputs.params, self._score_rows, feats,
+            scores = executor.score(outputs.params, self._score_rows, feats,
                                          self.data.features if opts.streaming else None)
             labels = self.executor.put_k(
                 self._refine_all(scores[:, : self.num_rows], state.labels, *self._plr_arrays()))
@@ -306,19 +329,22 @@ class Engine:
 
 
 
-class _Unhashable:
-    """Wraps unhashable PLR options so they can key a cache (by identity)."""
+def _resolve_method(method, plr_options, refine_fn) -> Method:
+    """The engine's method: a ``ModelOptions`` (or None) means CLAP's scorer
+    with ``plr_options`` / ``refine_fn``; a method must come without them."""
+    if isinstance(method, Method):
+        if plr_options is not None or refine_fn is not None:
+            raise ValueError("plr_options / refine_fn go with a ModelOptions (CLAP); a method carries its own "
+                             "refinement (e.g. clapjax.methods.Clap(model, pseudo_labels, refine_fn))")
+        return method
+    from clapjax.model import ModelOptions
+    from clapjax.methods.clap import Clap  # lazy: the engine itself depends on no method
 
-    def __init__(self, value):
-        self.value = value
-
-
-def _hashable(value):
-    try:
-        hash(value)
-        return value
-    except TypeError:
-        return _Unhashable(value)
+    if method is None:
+        method = ModelOptions()
+    if not isinstance(method, ModelOptions):
+        raise TypeError(f"Engine needs a clapjax Method or ModelOptions, got {type(method).__name__}")
+    return Clap(model=method, pseudo_labels=plr_options, refine_fn=refine_fn)
 
 
 # Compiled pieces are cached by configuration, so a fresh Engine with the same
@@ -335,13 +361,10 @@ def _aggregate_fn(opts: TrainOptions, server_tx):
 
 
 @functools.lru_cache(maxsize=64)
-def _refine_fn(refine_fn: RefineFn, plr_options):
-    plr = plr_options.value if isinstance(plr_options, _Unhashable) else plr_options
-
+def _refine_fn(refine: RefineFn):
     def refine_all(scores, labels, layout, video_labels):
         backends.TRACE_COUNTS["refine"] += 1
-        f = lambda s, y, lay, v: refine_fn(s, y, lay, v, plr)  # noqa: E731
-        out = jax.vmap(f)(scores, labels, layout, video_labels).astype(jnp.float32)
+        out = jax.vmap(refine)(scores, labels, layout, video_labels).astype(jnp.float32)
         return jnp.where(layout.segment_mask, out, 0.0)
 
     return jax.jit(refine_all)

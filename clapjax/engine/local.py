@@ -1,11 +1,14 @@
 """Local training of ONE participant as pure ``init / step / final`` functions.
 
-Backends vmap (or loop over) these; nothing here knows about other participants.
+Backends vmap (or loop over) these; nothing here knows about other
+participants, and nothing here knows a method: a step runs the method's
+stages (:class:`clapjax.engine.method.Stage`), each a gradient step of one
+network with its own optimiser state.
 A step whose ``valid`` flag is False returns the previous state bit for bit
 (``jnp.where`` over the whole state: parameters, optimiser state, RNG, counters),
 which is how ragged participants share one scan length.
 
-The step differentiates only the data term (masked BCE) and adds the L2
+The step differentiates only the data term (e.g. masked BCE) and adds the L2
 gradient ``l2·θ`` explicitly, with the floating-point operations autodiff
 performs (bit-identical parameters). The penalty's *value*, needed only for
 the reported loss, is carried in the state and computed from the updated
@@ -18,15 +21,15 @@ step). FedProx (``μ > 0``) still differentiates the whole objective, see
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from clapjax import model as model_lib
+from clapjax.engine.method import Method, as_method, network_of, with_network
 from clapjax.engine.options import TrainOptions
-from clapjax.model import ModelOptions
 
 Params = Any
 
@@ -35,7 +38,8 @@ class ClientState(NamedTuple):
     """Evolving state of one participant during a round.
 
     Attributes:
-      params: model parameters. opt_state: local optimiser state.
+      params: model parameters. opt_state: local optimiser state (a dict of
+        one state per network for multi-network methods).
       rng: typed PRNG key (dropout). steps: ``[] int32`` valid steps taken.
       loss_sum: ``[] float32`` sum of the per-step training losses.
       penalty: ``[] float32`` the regularisers' value at ``params`` (see
@@ -90,20 +94,11 @@ def local_optimizer(opts: TrainOptions) -> optax.GradientTransformation:
     """The participant's optax optimiser (re-initialised every round)."""
     if opts.optimizer == "adam":
         return optax.adam(opts.lr)
-    return optax.sgd(opts.lr, momentum=opts.momentum if opts.momentum > 0 else None)
+    return optax.sgd(opts.lr, momentum=opts.momentum if opts.momentum > 0 else None, nesterov=opts.nesterov)
 
 
 def _sq_norm(tree) -> jax.Array:
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
-
-
-def data_loss(
-    params: Params, ctx: ClientContext, batch: Batch, masks: tuple[jax.Array, jax.Array] | None,
-    model_options: ModelOptions,
-) -> jax.Array:
-    """Masked BCE of one batch (``masks``: dropout keep-masks, None: no dropout)."""
-    labels = jnp.take(ctx.labels, batch.positions, axis=0, mode="clip")
-    return model_lib.bce_loss(params, batch.x, labels, batch.mask, model_options, masks=masks)
 
 
 def penalty(params: Params, anchor: Params, opts: TrainOptions) -> jax.Array:
@@ -116,16 +111,15 @@ def penalty(params: Params, anchor: Params, opts: TrainOptions) -> jax.Array:
     return out
 
 
-def local_loss(
-    params: Params, ctx: ClientContext, batch: Batch, masks: tuple[jax.Array, jax.Array] | None,
-    model_options: ModelOptions, opts: TrainOptions,
-) -> jax.Array:
-    """Masked BCE + ``l2/2·‖θ‖²`` (+ ``μ/2·‖θ − anchor‖²`` for FedProx).
+def local_loss(stage_loss, net_params: Params, params: Params, anchor: Params, batch: Batch, labels: jax.Array,
+               noise: Any, opts: TrainOptions) -> jax.Array:
+    """A stage's objective including its network's regularisers:
+    ``stage_loss + l2/2·‖θ‖²`` (+ ``μ/2·‖θ − anchor‖²`` for FedProx).
 
-    The objective a step descends; ``masks`` are the dropout keep-masks
-    (None: no dropout).
+    ``anchor`` is the network's round-start parameters; ``noise`` the step's
+    non-differentiated randomness (e.g. dropout masks).
     """
-    return data_loss(params, ctx, batch, masks, model_options) + penalty(params, ctx.anchor, opts)
+    return stage_loss(net_params, params, batch, labels, noise) + penalty(net_params, anchor, opts)
 
 
 def l2_grads(params: Params, grads: Params, opts: TrainOptions) -> Params:
@@ -143,39 +137,71 @@ class ClientFns(NamedTuple):
     final: Callable[[ClientState, ClientContext, Any, Any], ClientOutput]
 
 
-def client_fns(model_options: ModelOptions, opts: TrainOptions) -> ClientFns:
-    """Builds the pure per-participant ``init``, ``step`` and ``final``."""
+def client_fns(method: Method, opts: TrainOptions, phase=0) -> ClientFns:
+    """Builds the pure per-participant ``init``, ``step`` and ``final`` of
+    ``method`` (or a ``ModelOptions``: CLAP's scorer) in ``phase``.
+
+    A step draws the method's noise from the participant's key, then runs the
+    phase's stages in order; each differentiates its loss w.r.t. its network
+    only, adds that network's L2 gradient (and the SCAFFOLD correction) and
+    updates that network with its own optimiser state. The reported loss is
+    the sum of the stage losses plus the regularisers' value.
+    """
+    method = as_method(method)
     tx = local_optimizer(opts)
-    use_dropout = model_options.dropout_rate > 0
-    grad_fn = jax.value_and_grad(data_loss)
-    full_grad_fn = jax.value_and_grad(local_loss)
+    stages = tuple(method.stages(phase))
+    if not stages:
+        raise ValueError(f"method {method.name!r} has no stages in phase {phase!r}")
+    networks = method.networks
+    for st in stages:
+        if (st.network is None) != (networks is None) or (networks is not None and st.network not in networks):
+            raise ValueError(f"method {method.name!r}: stage network {st.network!r} is not one of {networks}")
     proximal = opts.aggregator == "fedprox" and opts.mu > 0
+    grad_fns = [jax.value_and_grad(st.loss) for st in stages]
+    full_grad_fns = [jax.value_and_grad(functools.partial(local_loss, st.loss)) for st in stages]
+
+    def opt_init(params):
+        if networks is None:
+            return tx.init(params)
+        return {name: tx.init(params[name]) for name in networks}
 
     def init(params: Params, rng: jax.Array) -> ClientState:
         # A round starts at its anchor (the start parameters), so the proximal term is 0.
-        return ClientState(params, tx.init(params), rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+        return ClientState(params, opt_init(params), rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
                            penalty(params, params, opts))
 
     def step(state: ClientState, ctx: ClientContext, batch: Batch) -> ClientState:
-        rng, dropout_key = jax.random.split(state.rng)
-        # Masks are drawn outside the differentiated function (integer work).
-        masks = model_lib.dropout_masks(dropout_key, batch.x.shape[:-1], model_options) if use_dropout else None
-        if proximal:
-            # FedProx differentiates the whole objective: at some shapes XLA rounds the explicit
-            # proximal gradient differently, and earlier FedProx results must reproduce bit for bit.
-            loss, grads = full_grad_fn(state.params, ctx, batch, masks, model_options, opts)
-        else:
-            loss, grads = grad_fn(state.params, ctx, batch, masks, model_options)
+        rng, key = jax.random.split(state.rng)
+        # Noise (dropout masks) is drawn outside the differentiated functions (integer work).
+        noise = method.noise(key, batch)
+        params, opt_state, loss = state.params, state.opt_state, None
+        for st, grad_fn, full_grad_fn in zip(stages, grad_fns, full_grad_fns):
+            sub = network_of(params, st.network)
+            if proximal:
+                # FedProx differentiates the whole objective: at some shapes XLA rounds the explicit
+                # proximal gradient differently, and earlier FedProx results must reproduce bit for bit.
+                value, grads = full_grad_fn(sub, params, network_of(ctx.anchor, st.network), batch, ctx.labels,
+                                            noise, opts)
+            else:
+                value, grads = grad_fn(sub, params, batch, ctx.labels, noise)
+                grads = l2_grads(sub, grads, opts)
+            if opts.aggregator == "scaffold":
+                grads = jax.tree.map(jnp.add, grads, network_of(ctx.correction, st.network))
+            updates, sub_state = tx.update(grads, network_of(opt_state, st.network), sub)
+            params = with_network(params, st.network, optax.apply_updates(sub, updates))
+            opt_state = with_network(opt_state, st.network, sub_state)
+            loss = value if loss is None else loss + value
+        if not proximal:
             loss = loss + state.penalty
-            grads = l2_grads(state.params, grads, opts)
-        if opts.aggregator == "scaffold":
-            grads = jax.tree.map(jnp.add, grads, ctx.correction)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_penalty = state.penalty if proximal else penalty(params, ctx.anchor, opts)
-        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss, new_penalty)
+        new = ClientState(params, opt_state, rng, state.steps + 1, state.loss_sum + loss, state.penalty)
         # Padding steps must leave every bit of the state untouched.
-        return jax.tree.map(lambda a, b: jnp.where(batch.valid, a, b), new, state)
+        new = jax.tree.map(lambda a, b: jnp.where(batch.valid, a, b), new, state)
+        if proximal:
+            return new
+        # The penalty is read from the *selected* parameters, so that the update has a
+        # single consumer and XLA fuses update and selection into one pass over the
+        # stacked weights (reading the unselected ones kept both alive: two more passes).
+        return new._replace(penalty=jnp.where(batch.valid, penalty(new.params, ctx.anchor, opts), state.penalty))
 
     def final(state: ClientState, ctx: ClientContext, control: Any, server_control: Any) -> ClientOutput:
         steps = state.steps

@@ -8,43 +8,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clapjax import model as model_lib
-from clapjax.model import ModelOptions
+from clapjax.engine.method import Method, as_method
 
 _SCORE_FNS: dict = {}
 
 
-def _score_fn(options: ModelOptions):
-    if options not in _SCORE_FNS:
-        _SCORE_FNS[options] = jax.jit(lambda p, x: model_lib.score(p, x, options))
-    return _SCORE_FNS[options]
+def _score_fn(method: Method):
+    if method not in _SCORE_FNS:
+        _SCORE_FNS[method] = jax.jit(lambda p, x: method.score(p, x))
+    return _SCORE_FNS[method]
 
 
 def score_segments(
     params,
     features: np.ndarray | Iterable[np.ndarray],
-    options: ModelOptions,
+    options,
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Segment probabilities ``[S] float32`` of features ``[S, C, D]`` (or ``[S, D]``).
+    """Segment scores ``[S] float32`` of features ``[S, C, D]`` (or ``[S, D]``)
+    under ``options``: a method (its ``score``), or a ``ModelOptions`` (CLAP's
+    scorer: segment probabilities).
 
-    ``features`` may be an np.ndarray / np.memmap (read in chunks of
-    ``batch_size`` rows, the last chunk padded so only one shape compiles) or an
-    iterable of ``[s_i, C, D]`` arrays (scored one by one, concatenated).
+    ``features`` may be an np.ndarray / np.memmap or a host row store such as
+    :class:`clapjax.data.store.PackedFeatures` (read in chunks of
+    ``batch_size`` rows, the next chunk read in a background thread, the last
+    chunk padded so only one shape compiles), or an iterable of ``[s_i, C, D]``
+    arrays (scored one by one, concatenated).
     """
-    fn = _score_fn(options)
-    if not isinstance(features, np.ndarray):
+    from clapjax.engine.backends import prefetched
+    from clapjax.engine.data import is_row_store
+
+    fn = _score_fn(as_method(options))
+    if not isinstance(features, np.ndarray) and not is_row_store(features):
         outs = [np.asarray(fn(params, jnp.asarray(_as3d(np.asarray(b, np.float32))))) for b in features]
         return np.concatenate(outs) if outs else np.zeros(0, np.float32)
-    features = _as3d(features)
+    if isinstance(features, np.ndarray):
+        features = _as3d(features)
     s = features.shape[0]
     out = np.empty(s, np.float32)
     bs = max(1, min(batch_size, s))
-    for start in range(0, s, bs):
-        chunk = np.asarray(features[start : start + bs], np.float32)
+
+    def load(c: int) -> np.ndarray:
+        chunk = np.asarray(features[c * bs : (c + 1) * bs], np.float32)
         n = chunk.shape[0]
         if n < bs:
             chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.float32)])
+        return chunk
+
+    n_chunks = -(-s // bs)
+    for c, chunk in enumerate(prefetched(load, n_chunks)):
+        start = c * bs
+        n = min(bs, s - start)
         out[start : start + n] = np.asarray(fn(params, chunk))[:n]
     if not np.isfinite(out).all():
         raise FloatingPointError("non-finite segment scores: the parameters contain NaN/inf")

@@ -17,9 +17,14 @@ from clapjax.report.progress import format_seconds
 
 #: CLAP AUC (%) from the paper, by protocol and row key.
 PAPER_AUC: dict[str, dict[str, float | None]] = {
+    # Table 1: "<method> <dataset>/<setting>" (random split, 5 participants).
     "table1": {
-        "ucf/centralized": 80.9, "ucf/local": 63.93, "ucf/collaborative": 78.02,
-        "xd/centralized": 81.71, "xd/local": 62.37, "xd/collaborative": 77.65,
+        "clap ucf/centralized": 80.9, "clap ucf/local": 63.93, "clap ucf/collaborative": 78.02,
+        "clap xd/centralized": 81.71, "clap xd/local": 62.37, "clap xd/collaborative": 77.65,
+        "c2fpl ucf/centralized": 80.65, "c2fpl ucf/local": 61.33, "c2fpl ucf/collaborative": 75.20,
+        "c2fpl xd/centralized": 80.09, "c2fpl xd/local": 60.05, "c2fpl xd/collaborative": 74.36,
+        "gcl ucf/centralized": 71.04, "gcl ucf/local": 56.63, "gcl ucf/collaborative": 67.12,
+        "gcl xd/centralized": 73.62, "gcl xd/local": 58.11, "gcl xd/collaborative": 68.19,
     },
     "table3": {
         "random 5": 78.02, "random 10": 77.4, "random 25": 76.54, "random 50": 67.92,
