@@ -1,9 +1,22 @@
 """Statistics of real I3D / C3D features beside the synthetic generator's, as a table.
 
-    python -m experiments.calibrate --cctv features/cctv --ped2 features/ped2 \\
-        [--cctv-crops10 DIR] [--ped2-crops10 DIR] [--out calibration.json --markdown calibration.md]
+    python -m experiments.calibrate --cctv features/cctv --cctv-crops10 features/cctv10 \\
+        --ped2 features/ped2 --ped2-crops10 features/ped2_10 \\
+        [--out calibration.json --markdown calibration.md]
 
-measures, on every feature set given, the statistics the generator of
+The real I3D feature folders are this project's extractor output for the
+shared real videos (``../shared/real``, see its README); make them once
+(2,453 clip-crops in all: about 17 CPU-minutes at the extractor's 2.4
+clip-crops per CPU-second measured in the README; re-running skips finished
+videos)::
+
+    python -m pip install -e ".[video]"
+    python -m experiments.extract ../shared/real/ucf_crime/videos --out features/cctv
+    python -m experiments.extract ../shared/real/ucf_crime/videos --out features/cctv10 --crops 10
+    python -m experiments.extract ../shared/real/ucsd_ped2/frames --out features/ped2
+    python -m experiments.extract ../shared/real/ucsd_ped2/frames --out features/ped2_10 --crops 10
+
+The command measures, on every feature set given, the statistics the generator of
 :mod:`clapjax.data.synthetic` is fitted to, and prints a markdown table
 (one column per set) and writes it with a JSON of every number:
 
@@ -188,6 +201,55 @@ def direction_shift(f: np.ndarray, anomalous: np.ndarray) -> float:
     return math.sqrt(max(ratio2, 0.0))
 
 
+def dimension_mean_shape(means: Sequence[np.ndarray]) -> float:
+    """Gamma shape ``mean² / var`` (method of moments) of the per-dimension means.
+
+    Args:
+      means: per video ``[m, D]`` crop-mean features; every segment of the set
+        enters the per-dimension mean ``μ_d`` (scale-free, so comparable
+        across ``D``).
+    """
+    mu = np.concatenate(means).mean(axis=0)
+    return float(mu.mean() ** 2 / mu.var())
+
+
+def direction_spread(means: Sequence[np.ndarray]) -> float | None:
+    """rms over videos of how far a video's mean feature points away from the set's mean.
+
+    Each video mean ``v`` and the set's mean ``g`` are scaled to unit norm;
+    the part of ``v̂ − ĝ`` orthogonal to ``ĝ`` (a direction change, not a
+    norm change) has norm ``≈`` the relative, ``μ²``-weighted rms deviation
+    the generator's ``video_spread`` sets. None with fewer than 2 videos.
+    """
+    if len(means) < 2:
+        return None
+    v = np.stack([f.mean(axis=0) for f in means]).astype(np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    g = v.mean(axis=0)
+    g /= np.linalg.norm(g)
+    d = v - np.outer(v @ g, g)
+    return float(np.sqrt(np.mean(np.sum(d * d, axis=1))))
+
+
+def crop_deviation(features: Sequence[np.ndarray]) -> dict[str, float] | None:
+    """How crops of one segment differ (None with 1 crop).
+
+    ``relative_rms``: median over segments of ``‖x_c − x̄‖ / ‖x̄‖`` (rms over
+    crops ``c``), the generator's ``crop_variation``; ``norm_cv``: median of
+    the std / mean of the crops' norms, its ``CROP_ACTIVITY``.
+    """
+    if features[0].shape[1] < 2:
+        return None
+    rel, cv = [], []
+    for f in features:
+        f = np.asarray(f, np.float64)
+        mean = f.mean(axis=1, keepdims=True)
+        rel.append(np.sqrt(np.mean(np.sum((f - mean) ** 2, axis=2), axis=1)) / np.linalg.norm(mean[:, 0], axis=1))
+        n = np.linalg.norm(f, axis=2)
+        cv.append(n.std(axis=1) / n.mean(axis=1))
+    return {"relative_rms": float(np.median(np.concatenate(rel))), "norm_cv": float(np.median(np.concatenate(cv)))}
+
+
 def _median(values) -> float | None:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     return float(np.median(v)) if v.size else None
@@ -256,6 +318,9 @@ def measure(vs: VideoSet) -> dict[str, Any]:
                 seg_labels[i] = segment_labels_from_frames(g).astype(bool)
     out["normal_videos"] = int((~anomalous).sum()) if vs.ground_truth is not None else None
     out["anomalous_videos"] = int(anomalous.sum()) if vs.ground_truth is not None else None
+    out["dimension_mean_gamma_shape"] = dimension_mean_shape(means)
+    out["direction_spread_across_videos"] = direction_spread(means)
+    out["crops_stats"] = crop_deviation(vs.features)
     if vs.unit_norm:
         out["norms"] = None
         out["norm_rise"] = None
@@ -347,6 +412,12 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         row("norm CV within whole videos (median)", norms(lambda n: _f(n["within_video_cv_full"]))),
         row("norm CV across videos (of video means)", norms(lambda n: _f(n["across_video_cv"]))),
         row("σ / mean norm: quartiles", norms(lambda n: trio(n["sigma_relative"]))),
+        row("per-dimension means: gamma shape (mean² / var)", lambda r: _f(r["dimension_mean_gamma_shape"], 2)),
+        row("direction spread across videos (rms, norm removed)",
+            lambda r: _f(r["direction_spread_across_videos"])),
+        row("crops: relative rms deviation from the crop mean / norm CV over crops",
+            lambda r: "— (1 crop)" if not r["crops_stats"] else
+            f"{r['crops_stats']['relative_rms']:.3f} / {r['crops_stats']['norm_cv']:.3f}"),
         row(f"lag-1 autocorrelation of features ({WINDOW}-segment windows)",
             lambda r: _f(r["lag1_autocorrelation_features"])),
         row(f"lag-1 autocorrelation of norms ({WINDOW}-segment windows)", norms(lambda n: _f(n["lag1_autocorrelation"]))),
@@ -367,6 +438,20 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------ command
+
+
+HELP = """Statistics of real I3D/C3D features beside the synthetic generator's (markdown table + JSON).
+
+Make the real I3D folders once from the shared videos (python -m pip install -e ".[video]"):
+  python -m experiments.extract ../shared/real/ucf_crime/videos --out features/cctv
+  python -m experiments.extract ../shared/real/ucf_crime/videos --out features/cctv10 --crops 10
+  python -m experiments.extract ../shared/real/ucsd_ped2/frames --out features/ped2
+  python -m experiments.extract ../shared/real/ucsd_ped2/frames --out features/ped2_10 --crops 10
+
+then:
+  python -m experiments.calibrate --cctv features/cctv --cctv-crops10 features/cctv10 \\
+        --ped2 features/ped2 --ped2-crops10 features/ped2_10
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clapjax.report.rundir import atomic_write
 
     args = tyro.cli(CalibrateArgs, args=list(sys.argv[1:] if argv is None else argv),
-                    prog="python -m experiments.calibrate")
+                    prog="python -m experiments.calibrate", description=HELP)
     try:
         sets = collect(args)
     except DataError as e:

@@ -8,64 +8,112 @@ a function of ``(seed, dataset, part, t)`` alone (its own
 ``np.random.SeedSequence``), so a participant generates only its own videos
 and any subset is reproducible without generating the rest.
 
-Generative model of one video (all sizes per feature dimension, ``D`` dims):
+Generative model of one video (``D`` dims; a feature is
+``x_t = gain · mean_norm · exp(a_t) · dir(μ ⊙ exp(y_t))``, rectified at a
+small level, where ``dir`` scales to unit norm):
 
-* **Normal appearance** of a *scene*: a positive global mean (I3D features are
-  post-ReLU averages), a scene offset, a scene-specific rank-``r`` basis
-  (half shared, half scene-own) and scene noise and gain. UCF training videos
-  take their scene from the official 11-scene membership; other videos get a
-  hashed scene (XD: hashed by source movie/channel, so clips of one movie share
-  a scene). Each video adds a static offset and its own gain (camera,
-  exposure), so magnitudes differ between videos and participants.
-* **Temporal smoothness**: the latent ``r``-dim state is AR(1) with a per-video
-  coefficient around ``smoothness`` (consecutive I3D segments are strongly
-  correlated); a smaller white-noise part and small per-crop deviations
-  (crops of one clip are near copies) are added.
-* **Anomalies** (anomalous videos, inside their windows): an event-class
-  pattern (half shared by all classes, e.g. sudden motion, half
-  class-specific) of class-specific strength (log-normal across classes and videos),
-  with a class-specific temporal variation and smooth onsets. In a fraction
-  ``no_rise_fraction`` of anomalous videos (the fraction varies by class) the
-  anomaly changes only the *direction* of the feature: each segment is rescaled
-  to its normal norm, so there is no rise in feature magnitude at all. The
-  other anomalies add a positive pattern, which raises the magnitude.
+* **Positive features, norm and direction apart.** Real I3D features are
+  post-ReLU averages (0.25-0.38 % of the values are 0, none negative), so a
+  feature is a positive per-dimension mean ``μ`` (gamma-distributed across
+  dimensions) modulated multiplicatively. Its *norm* moves only with the
+  scalar activity ``a_t`` and the per-video ``gain``; its *direction* only
+  with the relative deviation ``y_t`` (orthogonal, in the ``μ²``-weighted
+  sense, to the norm direction). CLAP's magnitude statistics (σ, the SPL
+  p-values) see the first; its entropy ``H`` and the scorer see both.
+* **Normal direction** of a *scene*: a scene offset, a scene-specific rank-
+  ``rank`` latent basis (half shared, half scene-own) with amplitudes
+  ``k^-spectrum_decay``, AR(1) in time with a per-video coefficient around
+  ``smoothness``, plus a white part (``noise_share`` of the variance).
+  UCF training videos take their scene from the official 11-scene
+  membership; other videos get a hashed scene (XD: hashed by source
+  movie/channel, so clips of one movie share a scene). Each video adds its
+  own direction offset and gain (camera, exposure).
+* **Activity** ``a_t``: AR(1) with std ``activity`` and coefficient
+  ``activity_smoothness``: the within-video norm variation (CLAP's σ).
+* **Anomalies** (anomalous videos, inside their windows): a direction shift
+  along an event-class pattern (half shared by all classes, e.g. sudden
+  motion, half class-specific) of class-specific strength (log-normal across
+  classes and videos), with a class-specific temporal variation and smooth
+  onsets; and a rise of the activity (the norm) by about ``rise``, except in
+  a fraction ``no_rise_fraction`` of anomalous videos (varying by class),
+  where only the direction changes.
 * **Windows**: test windows are the real annotated intervals. Training windows
   are drawn from the real test intervals of the same class (relative position
   and length, all intervals of one test video, jittered), so their number,
   position and relative length follow the real annotation statistics.
 * **Footage bias**: the white-noise level varies per video and is higher by
   ``video_bias`` (log scale) for anomalous videos.
-* **Distractors**: a fraction ``burst_fraction`` of normal videos has magnitude
-  bursts (camera motion, lighting): windows where the feature is scaled up and
-  a generic pattern is added. A magnitude-only detector fires on them.
+* **Distractors**: a fraction ``burst_fraction`` of normal videos has
+  activity bursts (camera motion, lighting) in windows drawn like anomaly
+  windows, with a generic direction change. A magnitude-only detector fires
+  on them.
+* **Crops** (``crops > 1``): log-scale deviations centred over the crops, of
+  relative rms ``crop_variation`` and norm spread ``CROP_ACTIVITY``.
 
-Defaults and reasons (``SyntheticConfig.preset("default")``):
+Defaults and their sources. Every measured number below is a row of the
+calibration table, ``python -m experiments.calibrate`` (README, "The embedded
+synthetic dataset"), on real I3D features extracted by this project from the
+shared videos (``../shared/real``: 7 UCF-Crime CCTV videos, 6 of them road
+accidents, and UCSD Ped2 test 01-06; centre crop and 10 crops) and on the
+shared real C3D features (Sultani's format; rows L2-normalised, so only
+their direction statistics count). Values are fitted to those statistics,
+never to how CLAP or any scorer performs on the data.
 
-* ``feature_dim=128, crops=1``: real lengths are kept (779,780 UCF train
-  segments); at D=2048 x 10 crops that is 64 GB. 128 x 1 is 0.37 GB in
-  float32 and generates in about 11 CPU-seconds. Training cost per round
-  scales with segments x crops (measured with the engine on 2 loaded cores:
-  about 10 CPU-s per 100k segments per round with 1 crop, 18 with 2 crops,
-  8 with D=64), so 1 crop is what keeps 10 rounds over all 779,780 segments
-  near the 10-minute budget. 128 stays high-dimensional relative to the
-  rank-16 normal variation (the entropy statistic needs a spectrum). Pass
-  ``crops=2`` (or more) to exercise crop handling; ``tiny`` uses 2 crops.
-* ``rank=16, smoothness=0.9``: a low-dimensional, slowly varying normal
-  manifold, like the strong temporal correlation of I3D segment features.
-* ``strength=0.6, no_rise_fraction=0.5, burst_fraction=0.3``: tuned so the
-  benchmark is neither trivial nor impossible. On the default UCF test set the
-  "feature norm" scorer reaches a frame AUC of about 0.67 (half of the
-  anomalies do not raise the norm, per-video gains and normal bursts confuse
-  it) while a supervised linear oracle (logistic regression on true segment
-  labels of training videos) reaches about 0.96; both are asserted in the
-  tests (norm < 0.75, oracle > 0.85) and are stable across seeds.
-* ``anomaly_variation=1.0, anomaly_smoothness=0.6``: anomalies are events:
-  they vary faster and in more directions than the normal scene.
-* ``video_bias=0.2``: anomalous footage is on average slightly noisier over
-  the whole video, a mild dataset-level difference (video-level AUC of the
-  consecutive-norm-difference std and of the covariance entropy about 0.6).
-  Set 0 to make anomalous videos differ from normal ones only inside their
-  anomalies.
+* ``feature_dim=128, crops=1``: a size choice, not a fit. Real lengths are
+  kept (779,780 UCF train segments); at D=1024 x 10 crops that would be
+  32 GB. 128 x 1 is 0.37 GB in float32. Training cost per round scales with
+  segments x crops, so 1 crop keeps the main job within its time budget.
+  Every statistic the generator is fitted to is scale-free or a norm, so it
+  does not depend on ``D`` (the eigen-spectrum statistics use at most 24
+  segments, far below ``D``).
+* ``mean_norm=8.7``: mean segment norm of real I3D, 10 crops (CCTV 8.70,
+  Ped2 9.61; centre crop 9.27 and 10.05). I3D's norm does not depend on how
+  many dimensions a synthetic feature has, so the synthetic norm keeps it
+  and absolute magnitudes (σ, the null Gaussians) are on the real scale.
+* ``mean_shape=4.0``: gamma shape of the per-dimension means; measured
+  ``mean²/var`` of the per-dimension means 4.7-5.0 (CCTV), 2.7-2.8 (Ped2);
+  the generated features come out near the CCTV value (the log-normal
+  modulation widens the spread a little).
+* ``WITHIN_EXPONENT``, ``BETWEEN_EXPONENT`` (module constants): how a
+  dimension's relative deviation scales with its mean (slopes measured on
+  CCTV 10 crops, see below).
+* ``rank=32, spectrum_decay=0.5, smoothness=0.8, variation=0.2,
+  noise_share=0.15``: fitted jointly to the lag-1 autocorrelation of the
+  features in 8-segment windows (real 0.16-0.24), the top-1 eigenvalue share
+  in 8-segment windows (0.40-0.44) and ``H`` of a video's first 8, 16 and 24
+  segments (1.51-1.65, 2.09-2.18, 2.05-2.36). The shared real videos are 9-29
+  segments long, so how ``H`` grows beyond 24 segments (and so its
+  dependence on video length over UCF's 10-6,750 segments) is NOT pinned by
+  real data: it follows from the AR(1) latent model.
+* ``activity=0.065, activity_smoothness=0.55``: the norm's CV in 8-segment
+  windows (real 0.036-0.058) and over whole videos (0.039-0.082), σ / mean
+  norm (median 0.05-0.09) and the lag-1 autocorrelation of the norm (-0.12
+  to 0.26; 6-7 videos per set, so it is loosely pinned).
+* ``video_spread=0.3``: rms direction spread of video means across videos,
+  CCTV 0.29-0.34 (several scenes, like UCF-Crime; Ped2, one scene, 0.13-0.15).
+* ``gain_spread=0.11``: across-video CV of the mean norm, CCTV 0.092-0.104
+  (Ped2 0.03, one scene).
+* ``crop_variation=0.28`` and ``CROP_ACTIVITY=0.06``: relative rms deviation
+  of a crop from the crop mean (CCTV 0.280, Ped2 0.249) and the CV of the
+  crops' norms (0.061, 0.053).
+* ``strength=0.85``: the direction shift of anomalies (mean anomalous minus
+  mean normal feature of a video, norm direction removed, over the normal
+  within-video spread; median 0.74-1.49 over the real sets).
+* ``rise=0.09, no_rise_fraction=0.1``: the rise of the norm inside annotated
+  anomalies: per-video frame AUC of the norm (real medians 0.72-0.84,
+  ranges 0.33-0.94) and mean norm inside / outside minus 1 (median
+  0.033-0.063).
+* NOT pinned by real data, kept from the previous generator: the shared sets
+  have 1 normal video (CCTV) or none (Ped2), so nothing that compares normal
+  with anomalous videos can be measured: ``burst_fraction=0.3,
+  burst_strength=1.0`` (distractors in normal videos), ``video_bias=0.2``
+  (footage difference of anomalous videos; 0 removes it),
+  ``anomaly_variation=1.0, anomaly_smoothness=0.6`` (within-anomaly
+  dynamics: 6 anomalous videos of 15-29 segments do not pin them),
+  ``xd_scenes=16``.
+* Not a fitted quantity: the pooled frame AUC of the feature-norm scorer on
+  the synthetic test set is a consequence of the values above, reported
+  beside the real ones in the table (CCTV 0.56-0.57, Ped2 0.70-0.74).
 
 The ``tiny`` preset (tests) keeps every video but caps lengths at 32 segments
 (test intervals are rescaled to the shortened videos) with D=16: only for
@@ -229,14 +277,17 @@ def shrink_split(split: splits_mod.Split, videos_per_participant: int) -> splits
 #: Per-dimension relative deviations scale as ``μ_d^-WITHIN_EXPONENT`` within a
 #: video and ``μ_d^-BETWEEN_EXPONENT`` between videos: least-squares slopes of
 #: log(std/mean) on log(mean) over the 1024 dimensions of the real I3D
-#: features of the shared CCTV videos (10 crops): -0.59 within, -0.25 between.
+#: features of the shared CCTV videos (10 crops): -0.59 within, -0.25 between
+#: (within rounded to 0.5).
 WITHIN_EXPONENT = 0.5
 BETWEEN_EXPONENT = 0.25
-#: Activity std of a crop relative to the crop mean (real I3D, 10 crops of the
-#: shared CCTV videos: per-crop norm CV 0.063, Ped2 0.050).
+#: Activity std of a crop relative to the crop mean (calibration table, real
+#: I3D with 10 crops: median CV of the crops' norms 0.061 CCTV, 0.053 Ped2).
 CROP_ACTIVITY = 0.06
 #: Values below ``ZERO_LEVEL`` times the root-mean-square value are set to 0
-#: (real I3D features hold exact zeros, where every pooled ReLU was off).
+#: (real I3D features hold exact zeros, where every pooled ReLU was off):
+#: 0.27 % zeros in the default preset against 0.25-0.38 % in real I3D
+#: (calibration table, "non-positive values").
 ZERO_LEVEL = 0.04
 
 
