@@ -1,5 +1,11 @@
 """The trivial feature-norm scorer, and σ/H by true label, on a run's test frames.
 
+Also the two references every run reports beside its AUC (``summary.json``
+``"references"`` and the final line): :func:`feature_norm_metrics` (the
+floor: rank segments by the norm of their feature, no training) and, on
+synthetic data, :func:`oracle_metrics` (the ceiling: a supervised linear
+scorer trained on the true segment labels of the run's training videos).
+
 ``python -m experiments.baseline <the flags of experiments.run>`` reads the
 same test videos and frame ground truth a run of ``experiments.run`` with
 those flags would (``--dataset custom ...`` included), scores every segment by
@@ -17,6 +23,92 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+
+
+#: At most this many training segments enter the oracle's fit (whole videos,
+#: evenly spaced over the run's training videos): enough for a linear scorer
+#: of ``D <= 1024`` inputs, and a few CPU-seconds.
+ORACLE_SEGMENTS = 50_000
+
+
+def segment_norms(features, chunk: int = 65_536) -> np.ndarray:
+    """``[S] float64`` L2 norm of each segment's crop-mean feature.
+
+    Args:
+      features: ``[S, C, D]`` features (an array, or a ``PackedFeatures``
+        store read in chunks of ``chunk`` rows, so a streamed test set is never
+        held whole).
+    """
+    n = len(features)
+    out = np.empty(n, np.float64)
+    for a in range(0, n, chunk):
+        block = np.asarray(features[a:min(n, a + chunk)], np.float64)
+        out[a:a + block.shape[0]] = np.linalg.norm(block.mean(axis=1), axis=1)
+    return out
+
+
+def feature_norm_metrics(test) -> dict[str, Any]:
+    """Frame AUC / APs of the feature-norm scorer on an ``EvalSet`` (the floor).
+
+    The scorer CLAP's pseudo-labels start from (magnitudes), with no training
+    and no labels: a trained model that does not beat it has learnt nothing
+    the magnitudes did not already say.
+    """
+    from clapjax import evaluation
+
+    m = evaluation.frame_metrics(segment_norms(test.features), test.lengths, test.ground_truth,
+                                 test.names, test.segment_frames)
+    return {"scorer": "feature_norm", **m}
+
+
+def oracle_metrics(train_source, train_videos: np.ndarray, test, seed: int = 0,
+                   max_segments: int = ORACLE_SEGMENTS) -> dict[str, Any] | None:
+    """Frame AUC / APs of a supervised linear oracle on ``test`` (the ceiling), or None.
+
+    A logistic regression (scikit-learn, L2 ``C=1``, on features standardised
+    by the training mean and std) on the crop-mean features and TRUE segment
+    labels of the run's training videos (whole videos, evenly spaced, at
+    most ``max_segments`` segments), scored on the test set. Only sources
+    that know their true training segment labels (the synthetic dataset)
+    have one; None otherwise.
+
+    Args:
+      train_source: the run's training feature source.
+      train_videos: ``[N] int`` source indices of the run's training videos.
+      test: the run's ``EvalSet``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from clapjax import evaluation
+
+    labels_of = getattr(train_source, "true_segment_labels", None)
+    if labels_of is None:
+        return None
+    vids = np.unique(np.asarray(train_videos, np.int64))
+    lengths = np.asarray(train_source.lengths, np.int64)[vids]
+    stride = max(1, int(np.ceil(lengths.sum() / max_segments)))
+    pick = vids[::stride]
+    X = np.concatenate([np.asarray(train_source.read(int(i)), np.float64).mean(axis=1) for i in pick])
+    y = np.concatenate([np.asarray(labels_of(int(i))) for i in pick])
+    if y.min() == y.max():
+        return None
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    model = LogisticRegression(max_iter=300, random_state=seed).fit((X - mu) / sd, y)
+    n = len(test.features)
+    scores = np.empty(n, np.float64)
+    for a in range(0, n, 65_536):
+        block = np.asarray(test.features[a:min(n, a + 65_536)], np.float64).mean(axis=1)
+        scores[a:a + block.shape[0]] = model.decision_function((block - mu) / sd)
+    m = evaluation.frame_metrics(scores, test.lengths, test.ground_truth, test.names, test.segment_frames)
+    return {"scorer": "supervised_linear_oracle", **m, "train_videos": int(pick.size),
+            "train_segments": int(y.size)}
+
+
+def references(train_source, train_videos: np.ndarray, test, seed: int = 0) -> dict[str, Any]:
+    """``{"feature_norm": ..., "oracle": ... or None}`` for a run (see the module docstring)."""
+    return {"feature_norm": feature_norm_metrics(test),
+            "oracle": oracle_metrics(train_source, train_videos, test, seed)}
 
 
 def feature_norm_report(argv: Sequence[str]) -> dict[str, Any]:

@@ -259,7 +259,7 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
     if args.plots:
         from clapjax.report import plots
 
-        plots.auc_per_round(curves, target.with_suffix(".png"), title=TITLES[args.protocol])
+        plots.auc_per_round(curves, target.with_suffix(".png"), title=TITLES[args.protocol], synthetic=synthetic)
     print(md, file=out, flush=True)
     if not args.quiet:
         print(f"table written to {target}", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import sys
 import time
@@ -174,8 +175,14 @@ def _label_quality(ts, labels: np.ndarray) -> dict | None:
             "per_participant": q["per_participant"]}
 
 
-def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: np.ndarray) -> list[Path]:
+def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: np.ndarray,
+                 references: dict | None = None) -> list[Path]:
     from clapjax.report import plots
+
+    refs = references or {}
+    lines = {label: refs[key]["auc"] for key, label in (("feature_norm", "feature-norm scorer"),
+                                                        ("oracle", "supervised oracle")) if refs.get(key)}
+    deco = dict(references=lines, synthetic=resolved.synthetic)
 
     out = [plots.participant_distribution(
         resolved.federated_split.anomalous_counts(), resolved.federated_split.participant_names,
@@ -183,10 +190,10 @@ def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: n
         title=f"{resolved.config.dataset} {resolved.split_label} split: videos per participant")]
     if resolved.config.setting == "local":
         out.append(plots.local_auc_per_round(metrics, resolved.federated_split.participant_names,
-                                             rd.plots_dir / "auc.png"))
+                                             rd.plots_dir / "auc.png", **deco))
         scores = scores[0]
     else:
-        out.append(plots.auc_per_round({resolved.config.setting: metrics}, rd.plots_dir / "auc.png"))
+        out.append(plots.auc_per_round({resolved.config.setting: metrics}, rd.plots_dir / "auc.png", **deco))
     if any(m.get("label_quality") for m in metrics):
         out.append(plots.label_quality_per_round(metrics, rd.plots_dir / "label_quality.png"))
     ends = np.cumsum(test.lengths)
@@ -557,6 +564,8 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
             spl=None if spl_q is None else {k: spl_q[k] for k in ("precision", "recall", "iou")},
         )
 
+    refs = _references(resolved, rd, rep, train_source, test)
+
     engine = pipeline.make_engine(ts, pl, resolved.build_method(), train_opts,
                                   checkpoint_dir=str(rd.checkpoint_dir))
     ckpt = engine.checkpointer
@@ -622,7 +631,8 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
             rd.append_metrics(rec)
             metrics = metrics + [rec]
             round_times.append(rec["time_s"])
-            rd.write_summary(_summary(resolved, metrics, total_rounds, timing, pl_report, complete=False))
+            rd.write_summary(_summary(resolved, metrics, total_rounds, timing, pl_report, complete=False,
+                                            references=refs))
         rep.round(rec, total_rounds, clock.elapsed(), clock.eta(round_times, total_rounds - (r + 1)))
         if hooks.after_round is not None:
             hooks.after_round(r + 1, rec)
@@ -634,19 +644,49 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
     timing["session_s"] = time.perf_counter() - session[0]
     timing["session_cpu_s"] = time.process_time() - session[1]
     timing["elapsed_s"] = clock.elapsed()
-    summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True)
+    summary = _summary(resolved, metrics, total_rounds, timing, pl_report, complete=True, references=refs)
     summary["resources"] = plan.record()
     if config.plots:
         with rep.stage("plots"):
-            summary["plots"] = [str(p.relative_to(rd.path)) for p in _write_plots(resolved, rd, metrics, test, final_scores)]
+            summary["plots"] = [str(p.relative_to(rd.path)) for p in _write_plots(resolved, rd, metrics, test, final_scores, refs)]
     rd.write_summary(summary)
     ckpt.close()
     rep.final(summary, _final_line(summary, rd.path))
     return summary
 
 
+#: File of the run's reference scorers (written once, read on resume).
+REFERENCES_FILE = "references.json"
+
+
+def _references(resolved: ResolvedRun, rd, rep, train_source, test) -> dict[str, Any]:
+    """The feature-norm floor and (synthetic data) the supervised-oracle ceiling
+    on the run's test set (:func:`experiments.baseline.references`), computed
+    once per run directory."""
+    from clapjax.report import rundir as rundir_lib
+    from experiments import baseline
+
+    path = rd.path / REFERENCES_FILE
+    if rd.resumed and path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # damaged by a kill: compute again
+    with rep.stage("reference scorers (feature norm" + (", supervised oracle)" if resolved.synthetic else ")")):
+        t0, c0 = time.perf_counter(), time.process_time()
+        # The training source holds exactly the run's training videos (open_sources).
+        refs = baseline.references(train_source, np.arange(len(train_source)), test, resolved.config.seed)
+        refs["seconds"] = round(time.perf_counter() - t0, 2)
+        refs["cpu_s"] = round(time.process_time() - c0, 2)
+        refs["note"] = ("feature_norm: rank test segments by the L2 norm of their (crop-mean) feature, no "
+                        "training (the floor); oracle: logistic regression on the TRUE segment labels of the "
+                        "run's training videos (the ceiling; synthetic data only, else null)")
+    rundir_lib.write_json(path, refs)
+    return refs
+
+
 def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timing: dict,
-             pl_report: dict, complete: bool) -> dict[str, Any]:
+             pl_report: dict, complete: bool, references: dict | None = None) -> dict[str, Any]:
     from clapjax.report import rundir as rundir_lib
 
     s = rundir_lib.best_and_final(metrics)
@@ -680,6 +720,7 @@ def _summary(resolved: ResolvedRun, metrics: list[dict], total_rounds: int, timi
             "weak_participants": [resolved.federated_split.participant_names[int(k)]
                                   for k in np.flatnonzero(resolved.weak)],
         },
+        "references": references,
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "total_train_seconds": round(sum(m.get("time_s", 0.0) for m in metrics), 2),
     }
@@ -699,6 +740,11 @@ def _final_line(summary: dict, path: Path) -> str:
             f"{fmt(final['ap_sklearn'])}, AP trapezoid {fmt(final['ap_trapezoid'])}")
     if best:
         text += f"; best AUC {fmt(best['auc'])} at round {best['round']} (selected on the test set)"
+    refs = summary.get("references") or {}
+    if refs.get("feature_norm"):
+        text += f"; feature-norm scorer AUC {fmt(refs['feature_norm']['auc'])} (floor)"
+    if refs.get("oracle"):
+        text += f", supervised oracle AUC {fmt(refs['oracle']['auc'])} (ceiling)"
     return f"{text}; run directory {path}"
 
 

@@ -73,6 +73,48 @@ def test_protocol_markdown_is_well_formed():
     assert tables.mean_std([0.5, None, 0.7]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)))
 
 
+def test_auc_axis_range_holds_chance_values_and_a_minimum_span():
+    from clapjax.report.plots import MIN_AUC_SPAN, auc_axis_range
+
+    lo, hi = auc_axis_range([71.0, 71.3])  # a 0.3-point change is not a cliff
+    assert hi - lo >= MIN_AUC_SPAN and lo <= 50.0 <= hi and lo <= 71.0 and 71.3 <= hi
+    lo, hi = auc_axis_range([20.0, 99.5])
+    assert (lo, hi) == (17.0, 100.0)
+    lo, hi = auc_axis_range([1.0, 2.0, float("nan")])
+    assert lo == 0.0 and hi >= 53.0
+    lo, hi = auc_axis_range([])
+    assert lo <= 50.0 <= hi and hi - lo == pytest.approx(MIN_AUC_SPAN)
+    lo, hi = auc_axis_range([99.9])
+    assert hi == 100.0 and hi - lo >= MIN_AUC_SPAN and lo <= 50.0
+
+
+def test_auc_plot_has_chance_line_references_and_synthetic_mark(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from clapjax.report import plots
+
+    seen = {}
+    save = plots._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        seen["ylim"] = ax.get_ylim()
+        seen["hlines"] = sorted(round(float(line.get_ydata()[0]), 3) for line in ax.get_lines()
+                                if len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2)
+        seen["texts"] = [t.get_text() for t in ax.texts]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    recs = [dict(_round_record(), round=r, auc=0.70 + 0.001 * r) for r in (1, 2, 3)]
+    plots.auc_per_round({"a": recs}, tmp_path / "auc.png", references={"floor": 0.6, "ceiling": 0.9},
+                        synthetic=True)
+    assert seen["hlines"] == [50.0, 60.0, 90.0]
+    lo, hi = seen["ylim"]
+    assert lo <= 50.0 and hi >= 90.0
+    assert any("synthetic features" in t for t in seen["texts"])
+    plots.auc_per_round({"a": recs}, tmp_path / "auc2.png")
+    assert seen["hlines"] == [50.0] and not seen["texts"] and seen["ylim"][1] - seen["ylim"][0] >= 20.0
+
+
 def test_plots_write_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from clapjax.report import plots

@@ -120,6 +120,10 @@ def _check_run_dir(wd: Path, summary: dict, k: int, rounds: int):
     assert on_disk["complete"] is True and on_disk["best"]["selected_on"] == "test set"
     assert summary["final"]["auc"] == metrics[-1]["auc"]
     assert on_disk["synthetic"] is True and on_disk["comparable_to_paper"] is False
+    refs = on_disk["references"]
+    assert 0.0 <= refs["feature_norm"]["auc"] <= 1.0 and 0.0 <= refs["oracle"]["auc"] <= 1.0
+    assert refs["oracle"]["train_segments"] > 0
+    assert json.loads((wd / "references.json").read_text())["feature_norm"] == refs["feature_norm"]
     pl = json.loads((wd / "pseudo_labels.json").read_text())
     assert pl["spl"] is not None and 0.0 <= pl["vpl"]["accuracy"] <= 1.0
     assert (wd / "checkpoints" / str(rounds)).is_dir()
@@ -150,6 +154,10 @@ def test_end_to_end_every_setting_and_variant(setting, variant, tmp_path, capsys
         assert summary["pseudo_labels"]["weak_participants"] == ["p0"]  # by name
     else:
         assert out.count("\n") == 1 and out.startswith("final AUC")
+        on_disk = json.loads((wd / "summary.json").read_text())
+        floor, ceiling = (f"{on_disk['references'][k]['auc']:.4f}" for k in ("feature_norm", "oracle"))
+        assert (f"feature-norm scorer AUC {floor} (floor), supervised oracle AUC {ceiling} (ceiling)"
+                in out)
     rec = metrics[0]
     if setting == "local":
         assert len(rec["auc_per_participant"]) == 2

@@ -46,21 +46,74 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: The smallest y span (AUC points) of an AUC plot: a 0.3-point change must not
+#: fill the axis and look like a cliff.
+MIN_AUC_SPAN = 20.0
+#: AUC of a random scorer (the chance line), in percent.
+CHANCE_AUC = 50.0
+
+
+def auc_axis_range(values_pct: Sequence[float], min_span: float = MIN_AUC_SPAN,
+                   margin: float = 3.0) -> tuple[float, float]:
+    """y limits (percent) of an AUC plot: every value and the chance level
+    50 inside with ``margin`` points to spare, at least ``min_span`` wide,
+    within [0, 100]. Non-finite values are ignored."""
+    v = np.asarray([x for x in values_pct if x is not None and np.isfinite(x)] + [CHANCE_AUC], float)
+    lo, hi = float(v.min()) - margin, float(v.max()) + margin
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2.0
+        lo, hi = mid - min_span / 2.0, mid + min_span / 2.0
+    if lo < 0.0:
+        lo, hi = 0.0, max(hi, min_span)
+    if hi > 100.0:
+        lo, hi = min(lo, 100.0 - min_span), 100.0
+    return max(lo, 0.0), hi
+
+
+def _auc_decorations(ax, values_pct: Sequence[float], references: Mapping[str, float] | None,
+                     synthetic: bool) -> None:
+    """Chance line, reference lines (label -> AUC in [0, 1]), "synthetic features" mark, y range."""
+    ax.axhline(CHANCE_AUC, color="grey", ls=":", lw=1.2, label="chance (50 %)")
+    refs = {k: 100.0 * float(v) for k, v in (references or {}).items() if v is not None}
+    for (label, y), color in zip(refs.items(), ("tab:red", "tab:green", "tab:purple", "tab:brown")):
+        ax.axhline(y, color=color, ls="--", lw=1.2, label=f"{label} ({y:.1f} %)")
+    ax.set_ylim(*auc_axis_range(list(values_pct) + list(refs.values())))
+    if synthetic:
+        ax.text(0.99, 0.02, "synthetic features (not comparable to I3D results)", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="dimgrey", style="italic")
+
+
 def auc_per_round(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
-                  metric: str = "auc", title: str = "Frame AUC per round") -> Path:
+                  metric: str = "auc", title: str = "Frame AUC per round",
+                  references: Mapping[str, float] | None = None, synthetic: bool = False) -> Path:
     """Plots ``metric`` per round, one line per labelled run.
+
+    AUC plots (``metric == "auc"``) get the chance line, the ``references``
+    as dashed lines, a y range of at least :data:`MIN_AUC_SPAN` points that
+    holds chance, curves and references (:func:`auc_axis_range`) and, with
+    ``synthetic``, a "synthetic features" mark.
 
     Args:
       curves: label -> metrics.jsonl records of a run.
       path: PNG path.
+      references: label -> AUC in [0, 1] (e.g. the feature-norm scorer, the
+        supervised oracle); AUC plots only.
+      synthetic: mark the plot as made on synthetic features.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    shown = []
     for label, records in curves.items():
         pts = [(r["round"], r.get(metric)) for r in records if r.get(metric) is not None]
         if pts:
             x, y = zip(*pts)
             ax.plot(x, 100 * np.asarray(y), marker="o", label=label)
+            shown += [100 * float(v) for v in y]
+    if metric == "auc":
+        _auc_decorations(ax, shown, references, synthetic)
+    elif synthetic:
+        ax.text(0.99, 0.02, "synthetic features", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, color="dimgrey", style="italic")
     ax.xaxis.set_major_locator(_integer_locator())
     ax.set_xlabel("round")
     ax.set_ylabel(f"{metric} (%)")
@@ -71,8 +124,10 @@ def auc_per_round(curves: Mapping[str, Sequence[Mapping]], path: str | Path,
     return _save(fig, path)
 
 
-def local_auc_per_round(records: Sequence[Mapping], names: Sequence[str], path: str | Path) -> Path:
-    """Local setting: every participant's AUC per round and their mean."""
+def local_auc_per_round(records: Sequence[Mapping], names: Sequence[str], path: str | Path,
+                        references: Mapping[str, float] | None = None, synthetic: bool = False) -> Path:
+    """Local setting: every participant's AUC per round and their mean (with the
+    decorations of :func:`auc_per_round`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     rounds = [r["round"] for r in records]
@@ -80,8 +135,9 @@ def local_auc_per_round(records: Sequence[Mapping], names: Sequence[str], path: 
     for k, name in enumerate(names):
         ys = [p[k] if k < len(p) and p[k] is not None else np.nan for p in per]
         ax.plot(rounds, 100 * np.asarray(ys, float), alpha=0.5, lw=1, label=name)
-    ax.plot(rounds, 100 * np.asarray([r.get("auc") or np.nan for r in records], float),
-            color="black", lw=2.5, label="mean")
+    mean = 100 * np.asarray([r.get("auc") or np.nan for r in records], float)
+    ax.plot(rounds, mean, color="black", lw=2.5, label="mean")
+    _auc_decorations(ax, [100 * v for p in per for v in p if v is not None] + list(mean), references, synthetic)
     ax.xaxis.set_major_locator(_integer_locator())
     ax.set_xlabel("round")
     ax.set_ylabel("AUC (%)")
