@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clapjax import packed, pipeline, spl
-from clapjax.engine import backends, data as data_lib, local
+from clapjax.engine import backends, data as data_lib, local, plr_gate
 from clapjax.engine.local import ClientOutput
 from clapjax.engine.options import TrainOptions
 from clapjax.model import ModelOptions
@@ -166,8 +166,14 @@ class LocalTrainer:
         new_labels = labels
         if self.plr_active(round_index):
             scores = self.executor.score(outputs.params, self.score_rows, self.features)[0, : self.num_rows]
-            new_labels = np.asarray(self._refine(scores, jnp.asarray(labels, jnp.float32),
-                                                 self.video_labels), np.float32)
+            refine = True
+            if self.opts.plr_start == "agreement":  # the engine's rule, on this participant's own rows
+                mags = np.linalg.norm(np.asarray(self.data.features, np.float32).mean(axis=1), axis=1)
+                refine = bool(plr_gate.agreement_gate(scores, jnp.asarray(labels, jnp.float32), jnp.asarray(mags),
+                                                      jnp.ones(self.num_rows, bool))[0])
+            if refine:
+                new_labels = np.asarray(self._refine(scores, jnp.asarray(labels, jnp.float32),
+                                                     self.video_labels), np.float32)
         delta = jax.tree.map(lambda a, b: np.asarray(a - b), local_params, params)
         if scaffold:
             new_control = jax.tree.map(lambda a: np.asarray(a[0]), outputs.control)

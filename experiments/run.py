@@ -151,6 +151,7 @@ def _round_record(round_number: int, rm, ev: dict, label_q: dict | None, seconds
         "train_loss_per_participant": [float(x) for x in rm.mean_loss],
         "plr_applied": bool(rm.plr_applied),
         "labels_changed": int(np.sum(rm.labels_changed)),
+        "plr_participants": None if rm.plr_participants is None else int(np.sum(rm.plr_participants)),
         "label_quality": label_q,
         "train_seconds": round(float(rm.seconds), 3),
         "eval_seconds": round(eval_seconds, 3),

@@ -76,7 +76,7 @@ def compile_key(opts: TrainOptions) -> TrainOptions:
     compiled functions."""
     return dataclasses.replace(
         opts, rounds=1, local_epochs=1, batch_size=1, shuffle=True, weighting="uniform", vmap_groups=1, vmap_max_overhead=1.5,
-        setting="collaborative", plr_start_round=None, seed=0, streaming=False, score_chunk=1,
+        setting="collaborative", plr_start_round=None, plr_start="round", seed=0, streaming=False, score_chunk=1,
         lr_milestones=(), lr_decay=0.1)
 
 

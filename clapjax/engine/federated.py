@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clapjax import packed
-from clapjax.engine import backends, data as data_lib, hostmem, server as server_lib
+from clapjax.engine import backends, data as data_lib, hostmem, plr_gate, server as server_lib
 from clapjax.engine.checkpoint import RoundCheckpointer
 from clapjax.engine.data import FederatedData
 from clapjax.engine.method import Method
@@ -66,6 +66,8 @@ class RoundMetrics(NamedTuple):
       steps: ``[K] int`` local steps per participant.
       upload_bytes: bytes each participant uploaded (delta, + Δc for SCAFFOLD).
       plr_applied: whether labels were refined this round (PLR: the method's refinement).
+      plr_participants: ``[K] bool`` participants that refined (all of them
+        under ``plr_start="round"``; the agreement gate's choice otherwise).
       labels_changed: ``[K] int`` segments whose label changed by the refinement.
       seconds: wall time of the round (incl. compilation on the first round).
     """
@@ -77,6 +79,7 @@ class RoundMetrics(NamedTuple):
     plr_applied: bool
     labels_changed: np.ndarray
     seconds: float
+    plr_participants: np.ndarray | None = None
 
 
 class Engine:
@@ -159,6 +162,7 @@ class Engine:
         self._score_rows = rows.reshape(self.num_padded, n_chunks, chunk)
         self._features_device = None
         self._plr_inputs = None
+        self._mags = None
         self._aggregate = _aggregate_fn(backends.compile_key(opts), server_tx)
         self._refine_all = _refine_fn(refine) if refine is not None else None
         self._round_keys = functools.partial(_round_keys_fn(opts.prng_impl), num=self.num_padded)
@@ -252,11 +256,22 @@ class Engine:
         outputs = executor.gather(outputs)
         labels = state.labels
         plr = self.plr_active(r)
+        k = self.num_participants
+        refined = np.zeros(k, bool)
         if plr:
             scores = executor.score(outputs.params, self._score_rows, feats,
                                          self.data.features if opts.streaming else None)
-            labels = self.executor.put_k(
-                self._refine_all(scores[:, : self.num_rows], state.labels, *self._plr_arrays()))
+            scores = scores[:, : self.num_rows]
+            new_labels = self._refine_all(scores, state.labels, *self._plr_arrays())
+            if opts.plr_start == "agreement":
+                mags, mask = self._magnitudes()
+                gate = np.array(_gate_all(scores, state.labels, mags, mask)[0])
+                gate[k:] = False
+                new_labels = jnp.where(jnp.asarray(gate)[:, None], new_labels, state.labels)
+                refined = gate[:k]
+            else:
+                refined[:] = True
+            labels = self.executor.put_k(new_labels)
         if local_setting:
             new_state = state._replace(participant_params=self.executor.put_k(outputs.params))
         else:
@@ -265,7 +280,6 @@ class Engine:
                 jnp.asarray(self.control_weights))
             new_state = state._replace(server=server, client_controls=controls)
         new_state = new_state._replace(round=self.executor.put_rep(jnp.asarray(r + 1, jnp.int32)), labels=labels)
-        k = self.num_participants
         changed = np.asarray(jnp.sum(labels[:k] != state.labels[:k], axis=1)) if plr else np.zeros(k, np.int64)
         loss = np.asarray(outputs.mean_loss)[:k]
         if not np.isfinite(loss).all():
@@ -274,8 +288,8 @@ class Engine:
         if sum(backends.TRACE_COUNTS.values()) != traces:
             # This round compiled: hand the compiler's freed heap back to the OS.
             hostmem.release_freed_host_memory()
-        metrics = RoundMetrics(r, loss, np.asarray(outputs.steps)[:k], self.upload_bytes(), plr, changed,
-                               time.perf_counter() - t0)
+        metrics = RoundMetrics(r, loss, np.asarray(outputs.steps)[:k], self.upload_bytes(), bool(refined.any()),
+                               changed, time.perf_counter() - t0, refined)
         return new_state, metrics
 
     def run(self, rounds: int | None = None, state: EngineState | None = None, resume: bool = True,
@@ -313,6 +327,20 @@ class Engine:
         if self._features_device is None:
             self._features_device = self.executor.put_features(np.asarray(self.data.features))
         return self._features_device
+
+    def _magnitudes(self):
+        """``([Kp, rows] float32, [Kp, rows] bool)``: each row's feature magnitude
+        (L2 norm of the crop-mean feature) and the real-row mask (computed once)."""
+        if self._mags is None:
+            d = self.data
+            rows, mask = data_lib.padded_rows(d.participants, self.num_rows, self.num_padded)
+            mags = np.zeros(rows.shape, np.float32)
+            for k, p in enumerate(d.participants):
+                for a in range(0, p.size, 65_536):
+                    block = np.asarray(d.features[np.asarray(p[a:a + 65_536])], np.float32)
+                    mags[k, a:a + block.shape[0]] = np.linalg.norm(block.mean(axis=1), axis=1)
+            self._mags = (self.executor.put_k(jnp.asarray(mags)), self.executor.put_k(jnp.asarray(mask)))
+        return self._mags
 
     def _plr_arrays(self):
         if self._plr_inputs is None:
@@ -368,6 +396,13 @@ def _refine_fn(refine: RefineFn):
         return jnp.where(layout.segment_mask, out, 0.0)
 
     return jax.jit(refine_all)
+
+
+@jax.jit
+def _gate_all(scores, labels, magnitudes, mask):
+    """:func:`clapjax.engine.plr_gate.agreement_gate` of every participant (``[Kp]`` each)."""
+    backends.TRACE_COUNTS["plr_gate"] += 1
+    return jax.vmap(plr_gate.agreement_gate)(scores, labels, magnitudes, mask)
 
 
 @functools.lru_cache(maxsize=8)

@@ -22,6 +22,7 @@ _CHOICES = {
     "backend": ("vmap", "loop", "sharded"),
     "setting": ("collaborative", "local", "centralized"),
     "prng_impl": ("rbg", "threefry2x32"),
+    "plr_start": ("round", "agreement"),
 }
 
 
@@ -61,6 +62,12 @@ class TrainOptions:
         keeps its model) or "centralized" (all data in one participant).
       plr_start_round: 0-based round from which PLR refines labels after local
         training; None disables PLR.
+      plr_start: ``"round"``: every participant refines in every round from
+        ``plr_start_round`` on (the paper's fixed start); ``"agreement"``:
+        from ``plr_start_round`` on, a participant refines only in rounds
+        where its freshly trained model ranks its current segment labels
+        better (segment ROC-AUC) than its feature magnitudes do
+        (:mod:`clapjax.engine.plr_gate`).
       prng_impl: dropout PRNG, "rbg" (default) or "threefry2x32". Both give
         every participant the same masks under vmap as alone. Measured on
         2-core CPU at K = 13 (``experiments.bench``, ``variants``): dropout
@@ -119,6 +126,7 @@ class TrainOptions:
     backend: Backend = "vmap"
     setting: Setting = "collaborative"
     plr_start_round: int | None = 1
+    plr_start: Literal["round", "agreement"] = "round"
     prng_impl: Literal["rbg", "threefry2x32"] = "rbg"
     seed: int = 0
     streaming: bool = False
