@@ -20,12 +20,21 @@ centralized epoch). The rule: the default local learning rate is the value of
 the 1-2-5 grid whose collaborative round moves the model closest (in log
 ratio) to one centralized epoch at 0.01.
 
+Measured on the main job (``movement`` and ``movement --variant reference``):
+paper 0.2 (ratio 1.07; 0.1: 0.87), reference 0.1 (1.25; 0.05: 0.77); the
+values are CLAP's run-command budget (:data:`clapjax.methods.clap.BUDGET`).
+
 ``flatness`` (rounds). For each run directory, the per-round AUC curve of
 ``metrics.jsonl`` and the smallest round count ``R`` at which the curve is
 flat: the AUCs of rounds ``R-2 … R`` lie within ``FLAT_POINTS`` (0.5 AUC
 points) and no later round of the run leaves that band by more than
 ``FLAT_POINTS`` (so that a pause before a further rise or fall does not
 count). Also the CPU seconds of the rounds (``cpu_s``) and of the whole run.
+At a constant learning rate the main job's curve kept moving (paper at 0.2:
+up to 0.6 points a round; reference at 0.2: a peak at round 4, then a drift
+down over 12 rounds), so the budget ends with 3 rounds at a tenth of the
+learning rate (``lr_milestones=(7,)`` of 10 rounds), after which both
+variants pass this rule; the README ("Training budget") lists the runs.
 """
 
 from __future__ import annotations

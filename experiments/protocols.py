@@ -171,10 +171,12 @@ def rows_for(args: ProtocolArgs) -> list[RowSpec]:
 
 
 def _notes(args: ProtocolArgs) -> list[str]:
+    from clapjax import methods
     from clapjax.engine.options import TrainOptions
 
-    rounds = args.rounds or TrainOptions.preset(args.variant).rounds
-    notes = [f"Variant: {args.variant}; {rounds} rounds per run; seed {args.seed}."]
+    rounds = args.rounds or TrainOptions.preset(
+        args.variant, **methods.spec("clap").train_overrides(args.variant)).rounds
+    notes = [f"Variant: {args.variant}; {rounds} rounds per CLAP run; seed {args.seed}."]
     if args.videos_per_participant is not None:
         notes.append(f"Quick run: only {args.videos_per_participant} anomalous + "
                      f"{args.videos_per_participant} normal videos per participant.")

@@ -74,7 +74,7 @@ def _c2fpl_pseudo_label(ts, pl_options, method_options, weak_videos=None, null_m
 
 METHODS: dict[str, MethodSpec] = {
     "clap": MethodSpec(
-        "clap", "CLAP", None, True, True, ModelOptions.preset, lambda v: {},
+        "clap", "CLAP", None, True, True, ModelOptions.preset, clap.train_overrides,
         lambda model, pl, options: Clap(model=model, pseudo_labels=pl), _clap_pseudo_label),
     "c2fpl": MethodSpec(
         "c2fpl", "C2FPL", C2FPLOptions, True, False, c2fpl.model_options, c2fpl.train_overrides,
