@@ -520,6 +520,9 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
 
     t0, c0 = time.perf_counter(), time.process_time()
     spec = resolved.method_spec
+    if spec.prepare is not None:  # e.g. the weakly supervised methods' 32-segment compression
+        with rep.stage(f"preparing the training set ({spec.title})"):
+            ts = spec.prepare(ts, resolved.method_options)
     pl = _pseudo_labels_cached(rd, ts, rep) if spec.pseudo_label is not None else None
     if pl is None and spec.pseudo_label is not None:
         try:
