@@ -329,19 +329,20 @@ class BagSampler:
         normal, anomalous = self._videos(count, lengths, video_labels)
         n_pairs = self.num_pairs(count, lengths, video_labels)
         steps = -(-n_pairs // self.pairs)
+        if n_pairs == 0:
+            return np.zeros((0, self.rows_per_step), np.int64), np.zeros((0, self.rows_per_step), bool)
 
         def cover(videos: np.ndarray) -> np.ndarray:
             # Whole permutations one after another until n_pairs videos are drawn.
             reps = -(-n_pairs // max(videos.size, 1))
             perms = [rng.permutation(videos) if rng is not None else videos for _ in range(reps)]
-            return np.concatenate(perms)[:n_pairs] if perms else np.zeros(0, np.int64)
+            return np.concatenate(perms)[:n_pairs]
 
         pairs = np.zeros((steps * self.pairs, 2), np.int64)
         real = np.zeros(steps * self.pairs, bool)
-        if n_pairs:
-            pairs[:n_pairs, 0] = cover(normal)
-            pairs[:n_pairs, 1] = cover(anomalous)
-            real[:n_pairs] = True
+        pairs[:n_pairs, 0] = cover(normal)
+        pairs[:n_pairs, 1] = cover(anomalous)
+        real[:n_pairs] = True
         offs = np.arange(self.bag_size, dtype=np.int64)
         positions = pairs[:, :, None] * self.bag_size + offs  # [P, 2, m]: every video has bag_size rows
         mask = np.broadcast_to(real[:, None, None], positions.shape)
