@@ -287,8 +287,9 @@ def _engine(ts, name, backend, setting):
     return ts, pipeline.make_engine(ts, pl, spec.build(None, None, opts), train)
 
 
-@pytest.mark.parametrize("name, setting", [("mil", "collaborative"), ("mil", "local"), ("claws", "collaborative"),
-                                           ("claws", "centralized")])
+@pytest.mark.parametrize("name, setting", [
+    ("mil", "collaborative"), pytest.param("mil", "local", marks=pytest.mark.slow),
+    ("claws", "collaborative"), pytest.param("claws", "centralized", marks=pytest.mark.slow)])
 def test_weak_method_trains_federated_vmap_equals_loop(training_set, name, setting):
     out = {}
     for backend in ("vmap", "loop"):
