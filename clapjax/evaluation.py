@@ -246,6 +246,40 @@ def frame_metrics(
         non-finite scores, labels other than 0/1, or ground truth with a
         single class (the metrics are undefined).
     """
+    tps, fps = _frame_curve(segment_scores, test_lengths, gt, names, segment_frames)
+    return {
+        "auc": _roc_auc(tps, fps),
+        "ap_sklearn": _ap_step(tps, fps),
+        "ap_trapezoid": _ap_trapezoid(tps, fps),
+    }
+
+
+def frame_roc(
+    segment_scores: ArrayLike | Sequence[ArrayLike],
+    test_lengths: ArrayLike,
+    gt: ArrayLike,
+    names: Sequence[str] | None = None,
+    segment_frames: ArrayLike | None = None,
+    grid: int = 201,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame-level ROC curve, as :func:`frame_metrics` computes its AUC,
+    sampled at ``grid`` evenly spaced false-positive rates.
+
+    Returns:
+      ``(fpr [grid], tpr [grid])`` float64; ``tpr`` is linearly interpolated
+      between the curve's points (the AUC's trapezoids). Same arguments and
+      errors as :func:`frame_metrics`.
+    """
+    tps, fps = _frame_curve(segment_scores, test_lengths, gt, names, segment_frames)
+    _check_binary(tps, fps, "ROC curve")
+    fpr = np.r_[0.0, fps / fps[-1]]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    grid_fpr = np.linspace(0.0, 1.0, int(grid))
+    return grid_fpr, np.interp(grid_fpr, fpr, tpr)
+
+
+def _frame_curve(segment_scores, test_lengths, gt, names=None, segment_frames=None):
+    """Validated cumulative ``(tps, fps)`` at the distinct segment scores (see :func:`frame_metrics`)."""
     lengths = _check_lengths(test_lengths)
     seg = _segment_scores(segment_scores, lengths, names)
     gt = np.asarray(gt).reshape(-1)
@@ -282,9 +316,4 @@ def frame_metrics(
         # A segment covering no frame is no threshold of the frame-level curves.
         keep = seg_frames > 0
         seg, pos, neg = seg[keep], pos[keep], neg[keep]
-    tps, fps = _curve(seg, pos, neg)
-    return {
-        "auc": _roc_auc(tps, fps),
-        "ap_sklearn": _ap_step(tps, fps),
-        "ap_trapezoid": _ap_trapezoid(tps, fps),
-    }
+    return _curve(seg, pos, neg)

@@ -12,8 +12,9 @@ those flags would (``--dataset custom ...`` included), scores every segment by
 the L2 norm of its crop-mean feature (no training, no labels) and prints one
 JSON object: the frame AUC and both APs of that scorer, and the per-video
 statistics ``σ`` and ``H`` (CLAP's VPL inputs, with the ``--variant``'s
-options) of the normal and the anomalous test videos. It is the yardstick a
-CLAP result on real features is read against.
+options) of the normal and the anomalous test videos, and the same metrics of
+a random scorer (uniform segment scores drawn with ``--seed``). They are the
+yardsticks a result on real features is read against.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def feature_norm_report(argv: Sequence[str]) -> dict[str, Any]:
     scores = np.linalg.norm(test.features.mean(axis=1), axis=1)
     metrics = evaluation.frame_metrics(scores, test.lengths, test.ground_truth, test.names,
                                        test.segment_frames)
+    rand = np.random.default_rng(c.seed).random(scores.shape[0])
+    random_metrics = evaluation.frame_metrics(rand, test.lengths, test.ground_truth, test.names,
+                                              test.segment_frames)
     layout = packed.layout_from_lengths(test.lengths)
     stats = statistics.compute_statistics(test.features, layout, resolved.pseudo_labels).stats
     counts = (test.segment_frames if test.segment_frames is not None
@@ -148,6 +152,7 @@ def feature_norm_report(argv: Sequence[str]) -> dict[str, Any]:
         "test_frames": int(test.ground_truth.size),
         "anomalous_frames": int(test.ground_truth.sum()),
         **metrics,
+        "random": {"scorer": f"uniform random segment scores (seed {c.seed})", **random_metrics},
         "statistics": {"variant": c.variant, "normal": summary(~anomalous),
                        "anomalous": summary(anomalous)},
     }

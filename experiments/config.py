@@ -26,7 +26,7 @@ from clapjax import methods as methods_lib
 from clapjax import splits as splits_lib
 from clapjax import tables
 from clapjax.engine.options import TrainOptions
-from clapjax.methods import C2FPLOptions, GCLOptions
+from clapjax.methods import C2FPLOptions, CLAWSOptions, GCLOptions, MILOptions
 from clapjax.model import ModelOptions
 from clapjax.options import PseudoLabelOptions
 from experiments import option_groups
@@ -58,8 +58,10 @@ TrainOverrides = option_groups.override_class(
 )
 C2FPLOverrides = option_groups.override_class(C2FPLOptions, "C2FPLOverrides")
 GCLOverrides = option_groups.override_class(GCLOptions, "GCLOverrides")
+MILOverrides = option_groups.override_class(MILOptions, "MILOverrides")
+CLAWSOverrides = option_groups.override_class(CLAWSOptions, "CLAWSOverrides")
 #: Option groups of the methods' own options (``--<method>.*``), by method name.
-METHOD_GROUPS = ("c2fpl", "gcl")
+METHOD_GROUPS = ("c2fpl", "gcl", "mil", "claws")
 
 
 class ConfigError(ValueError):
@@ -69,7 +71,8 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Run CLAP (CVPR 2024) unsupervised collaborative video anomaly detection,
-    or a baseline (C2FPL, GCL) trained the same federated way (--method).
+    or a baseline (C2FPL, GCL; weakly supervised: MIL, CLAWS) trained the same
+    federated way (--method).
 
     Writes a run directory (config.json, metrics.jsonl, summary.json,
     checkpoints/) and prints one line per round. Features are synthetic unless
@@ -78,8 +81,8 @@ class RunConfig:
     video lists and annotations.
     """
 
-    method: Literal["clap", "c2fpl", "gcl"] = "clap"
-    """Training method: clap, c2fpl (coarse-to-fine pseudo-labels, WACV 2024) or gcl (generative cooperative learning, CVPR 2022); its own options are --c2fpl.* / --gcl.*."""
+    method: Literal["clap", "c2fpl", "gcl", "mil", "claws"] = "clap"
+    """Training method: clap, c2fpl (coarse-to-fine pseudo-labels, WACV 2024), gcl (generative cooperative learning, CVPR 2022), or the weakly supervised mil (Sultani et al., CVPR 2018) and claws (ECCV 2020), which train on every training video's true label; its own options are --c2fpl.* / --gcl.* / --mil.* / --claws.*."""
     dataset: Literal["ucf", "xd", "custom"] = "ucf"
     """Dataset whose structure (videos, lengths, splits, test ground truth) is used; custom: your own (--features-dir, --annotations)."""
     split: Literal["random", "event", "scene"] = "random"
@@ -167,6 +170,8 @@ class RunConfig:
     train: TrainOverrides = TrainOverrides()
     c2fpl: C2FPLOverrides = C2FPLOverrides()
     gcl: GCLOverrides = GCLOverrides()
+    mil: MILOverrides = MILOverrides()
+    claws: CLAWSOverrides = CLAWSOverrides()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -613,6 +618,12 @@ def validate(config: RunConfig) -> ResolvedRun:
 
     run_split = splits_lib.centralized(split) if config.setting == "centralized" else split
     workdir = Path(config.workdir) if config.workdir is not None else default_workdir(config, label, k)
+    if weak.any() and spec.weakly_supervised:
+        raise ConfigError(f"--weak-labels/--weak-participants: --method {spec.name} is weakly supervised: it "
+                          f"always trains on every training video's true label")
+    if spec.weakly_supervised and not split.table.labels_known:
+        raise ConfigError(f"--method {spec.name} is weakly supervised and needs the label of every training "
+                          f"video; annotate every training video in --annotations (normal ones with no interval)")
     if weak.any() and spec.pseudo_label is None:
         raise ConfigError(f"--weak-labels/--weak-participants: --method {spec.name} has no video labels to "
                           f"replace (it makes its pseudo-labels during training)")

@@ -176,6 +176,34 @@ def _label_quality(ts, labels: np.ndarray) -> dict | None:
             "per_participant": q["per_participant"]}
 
 
+#: The final model's frame-level ROC curve in a run directory (``fpr [G]``,
+#: ``tpr [K, G]``: one curve per model, K > 1 in the local setting, and ``auc [K]``).
+ROC_FILE = "roc.npz"
+
+
+def _save_roc(path: Path, test, scores: np.ndarray) -> None:
+    """Writes the final model(s)' ROC curves (sampled at 201 false-positive rates), atomically."""
+    from clapjax import evaluation
+    from clapjax.report import rundir as rundir_lib
+
+    per_model = np.asarray(scores).reshape(-1, np.asarray(scores).shape[-1])
+    tprs, aucs = [], []
+    for s in per_model:
+        fpr, tpr = evaluation.frame_roc(s, test.lengths, test.ground_truth, test.names, test.segment_frames)
+        tprs.append(tpr)
+        aucs.append(evaluation.frame_metrics(s, test.lengths, test.ground_truth, test.names,
+                                             test.segment_frames)["auc"])
+    with rundir_lib.atomic_write(path) as fh:
+        np.savez(fh, fpr=fpr, tpr=np.stack(tprs), auc=np.asarray(aucs))
+
+
+def roc_of_run(run_dir: Path, label: str) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """``{label: (fpr, tpr, auc)}`` of a finished run (local setting: the
+    participants' curves averaged vertically, and their mean AUC)."""
+    with np.load(Path(run_dir) / ROC_FILE) as f:
+        return {label: (f["fpr"], f["tpr"].mean(axis=0), float(f["auc"].mean()))}
+
+
 def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: np.ndarray,
                  references: dict | None = None) -> list[Path]:
     from clapjax.report import plots
@@ -205,6 +233,9 @@ def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: n
     pick = anomalous[:3] + normal[:1]
     videos = [(test.names[i], scores[starts[i]:ends[i]], gt[starts[i]:ends[i]].reshape(-1)) for i in pick]
     out.append(plots.score_curves(videos, rd.plots_dir / "scores.png"))
+    title = f"{resolved.method_spec.title}, {resolved.config.setting}: frame-level ROC"
+    out.append(plots.roc_curves(roc_of_run(rd.path, "final model" if resolved.config.setting != "local"
+                                           else "participants' models, averaged"), rd.plots_dir / "roc.png", title))
     return out
 
 
@@ -528,6 +559,9 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
 
     t0, c0 = time.perf_counter(), time.process_time()
     spec = resolved.method_spec
+    if spec.prepare is not None:  # e.g. the weakly supervised methods' 32-segment compression
+        with rep.stage(f"preparing the training set ({spec.title})"):
+            ts = spec.prepare(ts, resolved.method_options)
     pl = _pseudo_labels_cached(rd, ts, rep) if spec.pseudo_label is not None else None
     if pl is None and spec.pseudo_label is not None:
         try:
@@ -641,6 +675,7 @@ def _execute_locked(resolved: ResolvedRun, rd, rep, hooks: RunHooks, train_sourc
         ev = pipeline.evaluate(engine, state, test)
     final_scores = ev["scores"]
     rundir_lib.save_npy(rd.path / rundir_lib.TEST_SCORES_FILE, np.asarray(final_scores, np.float32))
+    _save_roc(rd.path / ROC_FILE, test, final_scores)
     timing["rounds_s"] = time.perf_counter() - t_rounds
     timing["session_s"] = time.perf_counter() - session[0]
     timing["session_cpu_s"] = time.process_time() - session[1]

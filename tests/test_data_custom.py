@@ -240,6 +240,7 @@ def test_frame_metrics_with_segment_frames_equals_frame_level(seed, lengths, tie
         frame_metrics(scores, lengths, gt[:-1], segment_frames=counts)
     # 16 frames each is the default.
     g16 = (rng.random(16 * lengths.sum()) < 0.3).astype(np.uint8)
+    g16[0], g16[1] = 0, 1  # both classes (AUC is undefined otherwise)
     assert frame_metrics(scores, lengths, g16) == frame_metrics(
         scores, lengths, g16, segment_frames=np.full(lengths.sum(), 16))
 

@@ -44,8 +44,12 @@ def _engine(ts, name, backend, setting, aggregator="fedavg"):
 
 
 @pytest.mark.parametrize("name, setting, aggregator", [
-    ("c2fpl", "collaborative", "scaffold"), ("c2fpl", "local", "fedavg"), ("c2fpl", "centralized", "fedavg"),
-    ("gcl", "collaborative", "fedprox"), ("gcl", "local", "fedavg"), ("gcl", "centralized", "fedavg")])
+    ("c2fpl", "collaborative", "scaffold"), ("gcl", "collaborative", "fedprox"),
+    # The other settings run the same compiled step on fewer/more rows (slow set only).
+    pytest.param("c2fpl", "local", "fedavg", marks=pytest.mark.slow),
+    pytest.param("c2fpl", "centralized", "fedavg", marks=pytest.mark.slow),
+    pytest.param("gcl", "local", "fedavg", marks=pytest.mark.slow),
+    pytest.param("gcl", "centralized", "fedavg", marks=pytest.mark.slow)])
 def test_method_trains_federated_vmap_equals_loop(training_set, name, setting, aggregator):
     states = {}
     for backend in ("vmap", "loop"):

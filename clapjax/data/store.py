@@ -273,7 +273,9 @@ class _Reader:
             bad = np.flatnonzero(~ok)
             raise DataError(
                 f"video {self.names[v]!r}{file}: {bad.size} segment(s) read here hold NaN or inf, "
-                f"first at segment {start + int(bad[0])}. Fix the features.")
+                f"first at segment {start + int(bad[0])} (fix the features, or drop such segments: "
+                "--nonfinite drop on the command line, nonfinite='drop' in open_source; training "
+                "features only)")
         if start == 0 and rows.shape[0] == self.lengths[v]:
             self.verified[v] = True
 

@@ -271,6 +271,85 @@ class ConsecutiveSampler:
         return np.where(mask, positions, 0), mask
 
 
+@dataclasses.dataclass(frozen=True)
+class BagSampler:
+    """Steps of ``pairs`` (normal, anomalous) video pairs, each video a bag of
+    ``bag_size`` consecutive rows (multiple-instance learning, Sultani et al.).
+
+    A step's positions are ``[pairs, 2, bag_size]`` flattened (``rows_per_step
+    = 2·pairs·bag_size``): pair ``i`` holds a normal video (slot 0) and an
+    anomalous one (slot 1), by ``video_labels``. Every epoch pairs each video
+    of the larger class once with a video of the smaller class; the smaller
+    class is visited in fresh permutations, one after another, until every
+    pair has its partner, so every video is in at least one pair per epoch.
+    The last step's unused pairs are masked. A participant without a normal
+    or without an anomalous video has no pairs: zero steps (it trains
+    nothing; FedAvg still averages its unchanged model, and a driver should
+    say so).
+
+    Every video must have exactly ``bag_size`` rows (e.g. after the 32-segment
+    compression, :mod:`clapjax.methods.compression`): a bag is a video.
+
+    Implements :class:`clapjax.engine.method.BatchSampler`.
+    """
+
+    pairs: int
+    bag_size: int
+
+    def __post_init__(self):
+        if int(self.pairs) < 1 or int(self.bag_size) < 1:
+            raise ValueError(f"BagSampler needs pairs >= 1 and bag_size >= 1, got {self.pairs}, {self.bag_size}")
+
+    @property
+    def rows_per_step(self) -> int:
+        return 2 * self.pairs * self.bag_size
+
+    def _videos(self, count: int, lengths, video_labels) -> tuple[np.ndarray, np.ndarray]:
+        if lengths is None or video_labels is None:
+            raise ValueError("BagSampler needs the videos' lengths and labels (data layouts)")
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.size and np.any(lengths != self.bag_size):
+            bad = int(np.flatnonzero(lengths != self.bag_size)[0])
+            raise ValueError(f"BagSampler: video {bad} has {int(lengths[bad])} segments, a bag needs exactly "
+                             f"{self.bag_size} (compress the videos to {self.bag_size} segments)")
+        labels = np.asarray(video_labels, bool)[: lengths.size]
+        return np.flatnonzero(~labels), np.flatnonzero(labels)
+
+    def num_pairs(self, count: int, lengths, video_labels) -> int:
+        """Pairs of one epoch: the larger class's size (0 without both classes)."""
+        normal, anomalous = self._videos(count, lengths, video_labels)
+        if normal.size == 0 or anomalous.size == 0:
+            return 0
+        return int(max(normal.size, anomalous.size))
+
+    def steps_per_epoch(self, count: int, lengths=None, video_labels=None) -> int:
+        return int(-(-self.num_pairs(count, lengths, video_labels) // self.pairs))
+
+    def epoch(self, count: int, lengths, video_labels, rng: np.random.Generator | None):
+        normal, anomalous = self._videos(count, lengths, video_labels)
+        n_pairs = self.num_pairs(count, lengths, video_labels)
+        steps = -(-n_pairs // self.pairs)
+        if n_pairs == 0:
+            return np.zeros((0, self.rows_per_step), np.int64), np.zeros((0, self.rows_per_step), bool)
+
+        def cover(videos: np.ndarray) -> np.ndarray:
+            # Whole permutations one after another until n_pairs videos are drawn.
+            reps = -(-n_pairs // max(videos.size, 1))
+            perms = [rng.permutation(videos) if rng is not None else videos for _ in range(reps)]
+            return np.concatenate(perms)[:n_pairs]
+
+        pairs = np.zeros((steps * self.pairs, 2), np.int64)
+        real = np.zeros(steps * self.pairs, bool)
+        pairs[:n_pairs, 0] = cover(normal)
+        pairs[:n_pairs, 1] = cover(anomalous)
+        real[:n_pairs] = True
+        offs = np.arange(self.bag_size, dtype=np.int64)
+        positions = pairs[:, :, None] * self.bag_size + offs  # [P, 2, m]: every video has bag_size rows
+        mask = np.broadcast_to(real[:, None, None], positions.shape)
+        positions = np.where(mask, positions, 0)
+        return positions.reshape(steps, -1), mask.reshape(steps, -1).copy()
+
+
 def participant_steps(sampler, participants: Sequence[np.ndarray], layouts=None, video_labels=None) -> np.ndarray:
     """``[K] int64`` steps per epoch of every participant under ``sampler``."""
     out = np.zeros(len(participants), np.int64)

@@ -94,6 +94,10 @@ def local_optimizer(opts: TrainOptions) -> optax.GradientTransformation:
     """The participant's optax optimiser (re-initialised every round)."""
     if opts.optimizer == "adam":
         return optax.adam(opts.lr)
+    if opts.optimizer == "adagrad":
+        return optax.adagrad(opts.lr, initial_accumulator_value=0.0, eps=1e-8)
+    if opts.optimizer == "rmsprop":
+        return optax.rmsprop(opts.lr, decay=0.99, eps=1e-8)
     return optax.sgd(opts.lr, momentum=opts.momentum if opts.momentum > 0 else None, nesterov=opts.nesterov)
 
 

@@ -15,7 +15,7 @@ Setting = Literal["collaborative", "local", "centralized"]
 SEED_MAX = 2**32 - 2
 
 _CHOICES = {
-    "optimizer": ("sgd", "adam"),
+    "optimizer": ("sgd", "adam", "adagrad", "rmsprop"),
     "aggregator": ("fedavg", "fedprox", "scaffold"),
     "weighting": ("uniform", "segments"),
     "server_optimizer": ("none", "sgd", "adam", "yogi", "adagrad"),
@@ -34,7 +34,10 @@ class TrainOptions:
       rounds: communication rounds.
       local_epochs: passes over a participant's segments per round.
       batch_size: segments per local step; the last partial batch is masked.
-      optimizer: local optax optimiser ("sgd" or "adam"), re-initialised each round.
+      optimizer: local optax optimiser, re-initialised each round: "sgd",
+        "adam", "adagrad" (accumulator starting at 0, ``eps`` 1e-8 inside the
+        root: Sultani et al.'s Keras ``Adagrad(epsilon=1e-08)`` adds it
+        outside) or "rmsprop" (torch's defaults: decay 0.99, ``eps`` 1e-8).
       lr: local learning rate. momentum: SGD momentum (0 = plain SGD).
       nesterov: Nesterov momentum (SGD with momentum > 0; torch's
         ``nesterov=True``).
@@ -107,7 +110,7 @@ class TrainOptions:
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 128
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adagrad", "rmsprop"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.0
     nesterov: bool = False

@@ -215,3 +215,24 @@ def participant_distribution(counts: np.ndarray, names: Sequence[str], path: str
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path,
+               title: str = "frame-level ROC") -> Path:
+    """ROC curves (false-positive rate against true-positive rate), one line each.
+
+    Args:
+      curves: ``label -> (fpr [G], tpr [G], auc)``; the AUC is printed in the legend.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="chance")
+    for label, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.3, label=f"{label} (AUC {auc:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive rate (frames)")
+    ax.set_ylabel("true-positive rate (frames)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

@@ -36,6 +36,13 @@ PAPER_AUC: dict[str, dict[str, float | None]] = {
     # unsupervised end point is Table 3's random-25 number.
     "weak": {"0/25": 76.54, "10/25": None, "17/25": None, "25/25": None},
     "seeds": {"mean ± std": None},
+    # Weakly supervised methods on UCF-Crime, each paper's own centralized
+    # number with C3D features (Sultani et al. CVPR 2018 Table 2: 75.41;
+    # CLAWS ECCV 2020: 83.03) and CLAP's Table 2 (I3D, every participant
+    # weakly supervised, collaborative): 83.23. No paper reports federated MIL/CLAWS.
+    "weak_methods": {"mil centralized": 75.41, "mil local": None, "mil collaborative": None,
+                     "claws centralized": 83.03, "claws local": None, "claws collaborative": None,
+                     "clap weak": 83.23},
 }
 #: The paper's seed study (supplementary Fig. 5): mean and std over 5 seeds.
 PAPER_SEEDS = (77.32, 0.189)
