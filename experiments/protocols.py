@@ -67,7 +67,7 @@ class ProtocolArgs:
     methods: tuple[Literal["gcl", "c2fpl", "clap"], ...] = ("gcl", "c2fpl", "clap")
     """table1: the methods of its rows (in this order within each setting)."""
     rounds: Optional[int] = None
-    """Rounds per run (default: the variant's, 10)."""
+    """Rounds per run (default: each method's own; CLAP's budget: paper 11, reference 10)."""
     local_epochs: Optional[int] = None
     """Local epochs per round (default: the variant's, 1)."""
     seeds: int = 5
