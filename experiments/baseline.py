@@ -70,8 +70,8 @@ def oracle_metrics(train_source, train_videos: np.ndarray, test, seed: int = 0,
     by the training mean and std) on the crop-mean features and TRUE segment
     labels of the run's training videos (whole videos, evenly spaced, at
     most ``max_segments`` segments), scored on the test set. Only sources
-    that know their true training segment labels (the synthetic dataset)
-    have one; None otherwise.
+    that know the true segment labels of every picked training video have
+    one; None otherwise (``experiments.run`` asks for it on synthetic data only).
 
     Args:
       train_source: the run's training feature source.
@@ -89,8 +89,11 @@ def oracle_metrics(train_source, train_videos: np.ndarray, test, seed: int = 0,
     lengths = np.asarray(train_source.lengths, np.int64)[vids]
     stride = max(1, int(np.ceil(lengths.sum() / max_segments)))
     pick = vids[::stride]
+    labels = [labels_of(int(i)) for i in pick]
+    if any(lab is None for lab in labels):  # e.g. a real source without training annotations
+        return None
     X = np.concatenate([np.asarray(train_source.read(int(i)), np.float64).mean(axis=1) for i in pick])
-    y = np.concatenate([np.asarray(labels_of(int(i))) for i in pick])
+    y = np.concatenate([np.asarray(lab) for lab in labels])
     if y.min() == y.max():
         return None
     mu, sd = X.mean(axis=0), X.std(axis=0)
@@ -106,10 +109,12 @@ def oracle_metrics(train_source, train_videos: np.ndarray, test, seed: int = 0,
             "train_segments": int(y.size)}
 
 
-def references(train_source, train_videos: np.ndarray, test, seed: int = 0) -> dict[str, Any]:
-    """``{"feature_norm": ..., "oracle": ... or None}`` for a run (see the module docstring)."""
+def references(train_source, train_videos: np.ndarray, test, seed: int = 0,
+               oracle: bool = True) -> dict[str, Any]:
+    """``{"feature_norm": ..., "oracle": ... or None}`` for a run (see the module
+    docstring); ``oracle=False`` leaves the oracle out (None)."""
     return {"feature_norm": feature_norm_metrics(test),
-            "oracle": oracle_metrics(train_source, train_videos, test, seed)}
+            "oracle": oracle_metrics(train_source, train_videos, test, seed) if oracle else None}
 
 
 def feature_norm_report(argv: Sequence[str]) -> dict[str, Any]:

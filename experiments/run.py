@@ -711,7 +711,8 @@ def _references(resolved: ResolvedRun, rd, rep, train_source, test) -> dict[str,
     with rep.stage("reference scorers (feature norm" + (", supervised oracle)" if resolved.synthetic else ")")):
         t0, c0 = time.perf_counter(), time.process_time()
         # The training source holds exactly the run's training videos (open_sources).
-        refs = baseline.references(train_source, np.arange(len(train_source)), test, resolved.config.seed)
+        refs = baseline.references(train_source, np.arange(len(train_source)), test, resolved.config.seed,
+                                   oracle=resolved.synthetic)
         refs["seconds"] = round(time.perf_counter() - t0, 2)
         refs["cpu_s"] = round(time.process_time() - c0, 2)
         refs["note"] = ("feature_norm: rank test segments by the L2 norm of their (crop-mean) feature, no "

@@ -62,7 +62,8 @@ def test_cli_reports_errors_with_status_2(tmp_path, capsys):
 def test_defaults_and_workdir_name():
     r = validate(run.parse(["--split=event", "--participants=13"]))
     assert r.workdir == Path("runs/ucf-event-13-collaborative-paper-seed0")
-    assert r.train.rounds == 10 and r.pseudo_labels.beta == 0.2
+    # CLAP's run-command budget (clapjax.methods.clap.BUDGET) on top of the engine's preset.
+    assert (r.train.rounds, r.train.lr, r.train.lr_milestones) == (11, 0.2, (7,)) and r.pseudo_labels.beta == 0.2
     # auto backend: event 13 is unbalanced (K·max/total = 2.4), but vmap's step-count
     # groups cut the padded work to 1.09x -> vmap; with one group it would be loop.
     assert r.train.backend == "vmap" and r.config.backend == "auto" and r.train.vmap_groups == 4

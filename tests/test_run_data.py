@@ -47,6 +47,8 @@ def test_a_run_needs_only_the_files_of_its_videos(tmp_path):
     summary = run.main(args + ["--workdir", str(wd)])
     assert summary["complete"] and summary["synthetic"] is False
     assert 0.0 <= summary["final"]["auc"] <= 1.0
+    # Real features: the feature-norm floor, no oracle (no true training segment labels).
+    assert 0.0 <= summary["references"]["feature_norm"]["auc"] <= 1.0 and summary["references"]["oracle"] is None
 
 
 def test_train_test_dimension_mismatch_refused_before_training(tmp_path, capsys):
