@@ -227,11 +227,15 @@ def _write_plots(resolved: ResolvedRun, rd, metrics: list[dict], test, scores: n
         out.append(plots.label_quality_per_round(metrics, rd.plots_dir / "label_quality.png"))
     ends = np.cumsum(test.lengths)
     starts = ends - test.lengths
-    gt = test.ground_truth.reshape(-1, 16)
-    anomalous = [i for i in range(len(test.names)) if gt[starts[i]:ends[i]].any()]
-    normal = [i for i in range(len(test.names)) if not gt[starts[i]:ends[i]].any()]
+    # Frames per segment: 16, or the compressed features' own counts (e.g. Sultani's 32 segments).
+    per_segment = (np.full(int(ends[-1]) if len(ends) else 0, 16, np.int64) if test.segment_frames is None
+                   else np.asarray(test.segment_frames, np.int64))
+    frame_ends = np.concatenate([[0], np.cumsum(per_segment)])
+    gt = [test.ground_truth[frame_ends[a]:frame_ends[b]] for a, b in zip(starts, ends)]
+    anomalous = [i for i in range(len(test.names)) if gt[i].any()]
+    normal = [i for i in range(len(test.names)) if not gt[i].any()]
     pick = anomalous[:3] + normal[:1]
-    videos = [(test.names[i], scores[starts[i]:ends[i]], gt[starts[i]:ends[i]].reshape(-1)) for i in pick]
+    videos = [(test.names[i], scores[starts[i]:ends[i]], gt[i], per_segment[starts[i]:ends[i]]) for i in pick]
     out.append(plots.score_curves(videos, rd.plots_dir / "scores.png"))
     title = f"{resolved.method_spec.title}, {resolved.config.setting}: frame-level ROC"
     out.append(plots.roc_curves(roc_of_run(rd.path, "final model" if resolved.config.setting != "local"

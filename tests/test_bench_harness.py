@@ -178,6 +178,7 @@ def test_report_rejects_other_json(tmp_path):
         bench_report.main([str(path)])
 
 
+@pytest.mark.slow  # runs the scaling group at two participant counts
 def test_flat_in_k_is_measured_interleaved_in_the_scaling_group():
     import dataclasses
 

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from experiments import bench_profile
 
 
@@ -9,6 +11,7 @@ def _pos(x):
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # a profiling harness: CPU seconds of every part of a step
 def test_profile_reports_every_measurement(tmp_path):
     out = tmp_path / "profile.json"
     r = bench_profile.main(["--k", "3", "--dim", "16", "--batch", "8", "--rows", "96", "--repeats", "1",

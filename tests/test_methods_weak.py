@@ -33,7 +33,7 @@ def _loop_compress(x, lengths, m, normalize):
     return np.stack(out)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(1, 80), min_size=1, max_size=4), st.integers(1, 40), st.booleans(), st.integers(0, 99))
 def test_compression_matches_the_matlab_loop(lengths, m, normalize, seed):
     rng = np.random.default_rng(seed)
@@ -86,7 +86,7 @@ def _loop_ranking(normal, anomalous, real, o):
     return hinge / len(idx) + o.lambda_smooth * sum(smooth.values()) + o.lambda_sparse * sum(sparse.values())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 9), st.sampled_from(["pairs", "all_pairs"]), st.integers(0, 999))
 def test_mil_ranking_loss_matches_loop(p, m, ranking, seed):
     rng = np.random.default_rng(seed)
@@ -128,7 +128,7 @@ def test_mil_step_loss_reads_pairs_from_the_bag_layout():
 # ----------------------------------------------------------------------------- bag sampler
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=25), st.integers(1, 5), st.integers(1, 4), st.integers(0, 99),
        st.booleans())
 def test_bag_sampler_pairs_normal_with_anomalous_and_covers_every_video(labels, pairs, m, seed, shuffle):
@@ -202,7 +202,7 @@ def _loop_cluster(f, mask, anomalous, o):
     return float(o.cluster_alpha * pull + (1 - o.cluster_alpha) * push)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(2, 12), st.integers(1, 6), st.booleans(), st.integers(0, 999))
 def test_claws_clustering_loss_matches_loop(b, h, anomalous, seed):
     rng = np.random.default_rng(seed)
@@ -215,7 +215,7 @@ def test_claws_clustering_loss_matches_loop(b, h, anomalous, seed):
     assert got == pytest.approx(_loop_cluster(f.astype(np.float64), mask, anomalous, o), rel=1e-4, abs=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(2, 10), st.integers(0, 999), st.booleans())
 def test_claws_batch_loss_matches_loop(b, seed, anomalous):
     rng = np.random.default_rng(seed)

@@ -128,6 +128,9 @@ def test_plots_write_pngs(tmp_path):
         plots.score_curves([("v", np.array([0.1, 0.9]), np.r_[np.zeros(16), np.ones(16)])],
                            tmp_path / "s.png"),
         plots.participant_distribution(np.array([[3, 1], [2, 2]]), ["a", "b"], tmp_path / "d.png"),
+        # compressed segments (Sultani's 32 per video) carry their own frame counts
+        plots.score_curves([("v", np.array([0.1, 0.9]), np.r_[np.zeros(40), np.ones(3)], np.array([40, 3]))],
+                           tmp_path / "s32.png"),
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -169,17 +169,21 @@ def label_quality_per_round(records: Sequence[Mapping], path: str | Path) -> Pat
     return _save(fig, path)
 
 
-def score_curves(videos: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
+def score_curves(videos: Sequence[tuple], path: str | Path) -> Path:
     """Segment scores repeated to frames against the frame ground truth.
 
     Args:
-      videos: ``(name, scores [m] per segment, ground truth [16 m] frames)`` triples.
+      videos: ``(name, scores [m] per segment, ground truth [frames])`` triples
+        (16 frames per segment), or 4-tuples adding ``segment_frames [m]``,
+        the frames of each segment (compressed features, e.g. Sultani's 32).
     """
     plt = _pyplot()
     n = max(len(videos), 1)
     fig, axes = plt.subplots(n, 1, figsize=(7.0, 1.8 * n), squeeze=False)
-    for ax, (name, scores, gt) in zip(axes[:, 0], videos):
-        frames = np.repeat(np.asarray(scores, float), FRAMES_PER_SEGMENT)
+    for ax, video in zip(axes[:, 0], videos):
+        name, scores, gt = video[:3]
+        counts = video[3] if len(video) > 3 else FRAMES_PER_SEGMENT
+        frames = np.repeat(np.asarray(scores, float), counts)
         gt = np.asarray(gt, float)
         x = np.arange(len(frames))
         ax.fill_between(np.arange(len(gt)), 0, gt, color="tab:red", alpha=0.2, step="mid",
