@@ -127,7 +127,7 @@ def feature_norm_report(argv: Sequence[str]) -> dict[str, Any]:
     _, test_source = run.open_sources(resolved)
     c = resolved.config
     test = pipeline.load_test_set(test_source, c.ground_truth, c.ground_truth_check)
-    scores = np.linalg.norm(test.features.mean(axis=1), axis=1)
+    scores = segment_norms(test.features)  # float64, as the run's floor (feature_norm_metrics)
     metrics = evaluation.frame_metrics(scores, test.lengths, test.ground_truth, test.names,
                                        test.segment_frames)
     rand = np.random.default_rng(c.seed).random(scores.shape[0])
