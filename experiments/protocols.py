@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence
 import tyro
 
 from clapjax.report import tables
+from experiments.config import _unset
 from clapjax.report.progress import format_seconds
 from experiments.config import RunConfig, TrainOverrides
 
@@ -58,30 +59,30 @@ class ProtocolArgs:
     """table1 | table3 | ablation | aggregators | weak | seeds | weak_methods"""
     preset: Literal["default", "tiny"] = "default"
     """Synthetic data preset (ignored with --features-dir)."""
-    features_dir: Optional[Path] = None
+    features_dir: Annotated[Optional[Path], _unset("PATH", "synthetic features")] = None
     """Real UCF-Crime features (train and test files); synthetic when absent."""
-    xd_features_dir: Optional[Path] = None
+    xd_features_dir: Annotated[Optional[Path], _unset("PATH", "synthetic features")] = None
     """Real XD-Violence features (table1's XD rows); required with --features-dir for table1."""
     variant: Literal["paper", "reference"] = "paper"
     """Variant of every run."""
     methods: tuple[Literal["gcl", "c2fpl", "clap"], ...] = ("gcl", "c2fpl", "clap")
     """table1: the methods of its rows (in this order within each setting)."""
-    rounds: Optional[int] = None
-    """Rounds per run (default: each method's own; CLAP's budget: paper 11, reference 10)."""
-    local_epochs: Optional[int] = None
-    """Local epochs per round (default: the variant's, 1)."""
+    rounds: Annotated[Optional[int], _unset("INT", "each method's own; CLAP's budget: paper 11, reference 10")] = None
+    """Rounds per run."""
+    local_epochs: Annotated[Optional[int], _unset("INT", "the variant's, 1")] = None
+    """Local epochs per round."""
     seeds: int = 5
     """Number of seeds of the seeds protocol."""
     seed: int = 0
     """Seed of every run (the seeds protocol uses seed, seed+1, ...)."""
-    videos_per_participant: Optional[int] = None
+    videos_per_participant: Annotated[Optional[int], _unset("INT", "all videos")] = None
     """Quick runs: keep only N anomalous + N normal videos per participant."""
     backend: Literal["auto", "vmap", "loop", "sharded"] = "auto"
     """Execution backend of every run."""
     workdir: Path = Path("runs/protocols")
     """Root of the protocol's run directories."""
-    out: Optional[Path] = None
-    """Markdown output file (default: <workdir>/<protocol>-<preset or real>.md)."""
+    out: Annotated[Optional[Path], _unset("PATH", "<workdir>/<protocol>-<preset or real>.md")] = None
+    """Markdown output file."""
     overwrite: bool = False
     """Replace run directories of a different configuration."""
     plots: bool = False
