@@ -904,7 +904,7 @@ def _run(args: argparse.Namespace, log, platform_name: str) -> dict:
     peaks = [matmul_peak_best(peak_shapes)]
     median_square = bench_train.matmul_peak(n)
     training = scaling = peer = None
-    if {"training", "variants", "scaling", "ragged"} & set(args.groups):
+    if {"training", "variants", "scaling", "ragged", "pytorch"} & set(args.groups):
         with RssSampler() as mem:
             features = bench_train.aligned_features(size.rows, size.crops, size.dim)
         labels = (np.random.default_rng(1).random(size.rows) < 0.2).astype(np.float32)
