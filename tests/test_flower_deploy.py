@@ -169,6 +169,7 @@ def test_processes_are_stopped_after_the_run(deployment):
         assert live_group_members(proc.pid) == [], proc.name
 
 
+@pytest.mark.slow  # four processes and a kill; the default run keeps the deployment's equality test
 def test_killed_participant_is_reported_without_hang(tmp_path):
     run_dir = tmp_path / "run"
     cfg = TINY.replace(rounds=20, run_dir=str(run_dir))
