@@ -342,6 +342,22 @@ def compute_statistics(ts: TrainingSet, opts: PseudoLabelOptions,
     return z, stats
 
 
+def weak_video_flags(ts: TrainingSet, weak_videos: np.ndarray | None) -> np.ndarray:
+    """``[N] bool`` videos whose true label replaces the video pseudo-label.
+
+    Raises:
+      ValueError: not one flag per training video, or flags set on a training
+        set without true video labels.
+    """
+    n = ts.layout.num_videos
+    weak = np.zeros(n, bool) if weak_videos is None else np.asarray(weak_videos, bool)
+    if weak.shape != (n,):
+        raise ValueError(f"weak_videos must have one flag per video ({n}), got shape {weak.shape}")
+    if weak.any() and ts.true_video_labels is None:
+        raise ValueError("weak supervision needs true video labels, which these training videos lack")
+    return weak
+
+
 def video_labels(ts: TrainingSet, stats: np.ndarray, opts: PseudoLabelOptions,
                  weak_videos: Sequence[bool] | np.ndarray | None = None,
                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -357,12 +373,7 @@ def video_labels(ts: TrainingSet, stats: np.ndarray, opts: PseudoLabelOptions,
     import warnings
 
     progress = progress or SilentProgress()
-    n = ts.layout.num_videos
-    weak = np.zeros(n, bool) if weak_videos is None else np.asarray(weak_videos, bool)
-    if weak.shape != (n,):
-        raise ValueError(f"weak_videos must have one flag per video ({n}), got shape {weak.shape}")
-    if weak.any() and ts.true_video_labels is None:
-        raise ValueError("weak supervision needs true video labels, which these training videos lack")
+    weak = weak_video_flags(ts, weak_videos)
     out = np.zeros(ts.layout.num_videos, bool)
     used = np.zeros_like(out)
     notes = []

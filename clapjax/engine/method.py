@@ -43,6 +43,7 @@ labels of weak supervision.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Hashable, NamedTuple, Protocol, runtime_checkable
 
 import jax
@@ -97,11 +98,12 @@ class BatchSampler(Protocol):
         of one epoch; ``rng`` is None when ``TrainOptions.shuffle`` is False."""
 
 
-class Method:
+class Method(abc.ABC):
     """Base class of training methods (see the module docstring).
 
     Subclasses are frozen dataclasses (hashable: they key compiled-function
-    caches) and override what they need; the defaults describe a
+    caches); they must define ``init_params``, ``stages`` and ``score`` and
+    override what else they need; the other defaults describe a
     single-network method without refinement or phases.
 
     Attributes:
@@ -113,21 +115,21 @@ class Method:
     name: str = "method"
     networks: tuple[str, ...] | None = None
 
+    @abc.abstractmethod
     def init_params(self, feature_dim: int, crops: int, key: jax.Array) -> Params:
         """Initial parameters for features ``[.., crops, feature_dim]``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stages(self, phase: Hashable) -> tuple[Stage, ...]:
         """The stages of one local step in ``phase``."""
-        raise NotImplementedError
 
     def noise(self, key: jax.Array, batch: Any) -> Any:
         """Non-differentiated random inputs of a step (e.g. dropout masks)."""
         return None
 
+    @abc.abstractmethod
     def score(self, params: Params, x: jax.Array) -> jax.Array:
         """Eval-mode segment anomaly scores ``[...]`` of ``x [..., C, D]``."""
-        raise NotImplementedError
 
     def sampler(self, opts: Any) -> BatchSampler:
         """The batch sampler under ``opts`` (a ``TrainOptions``)."""

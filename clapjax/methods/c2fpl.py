@@ -375,15 +375,11 @@ def pseudo_label(ts, opts: C2FPLOptions = C2FPLOptions(), *,
       ``[μ_i, s_i]``; ``vpl`` the coarse labels; ``null_*`` each participant's
       own Gaussian; ``notes`` the clustering notes).
     """
-    from clapjax.pipeline import PseudoLabels, SilentProgress
+    from clapjax.pipeline import PseudoLabels, SilentProgress, weak_video_flags
 
     progress = progress or SilentProgress()
     n_videos = ts.layout.num_videos
-    weak = np.zeros(n_videos, bool) if weak_videos is None else np.asarray(weak_videos, bool)
-    if weak.shape != (n_videos,):
-        raise ValueError(f"weak_videos must have one flag per video ({n_videos}), got shape {weak.shape}")
-    if weak.any() and ts.true_video_labels is None:
-        raise ValueError("weak supervision needs the training videos' true labels, which this dataset lacks")
+    weak = weak_video_flags(ts, weak_videos)
     seg_opts = opts.segment_options()
     s = ts.features.shape[0]
     z = np.zeros(s, np.float32)
