@@ -235,12 +235,13 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
     rows = rows_for(args)
     root = Path(args.workdir) / args.protocol
     t_all = time.perf_counter()
+    total_work = 0.0
     results: list[tables.ResultRow] = []
     curves: dict[str, list[dict]] = {}
     n_runs = sum(len(r.configs) for r in rows)
     i = 0
     for row in rows:
-        summaries, t_row = [], time.perf_counter()
+        summaries, run_seconds = [], []
         for j, cfg in enumerate(row.configs):
             i += 1
             name = _slug(row.label) + (f"/seed{cfg.seed}" if len(row.configs) > 1 else "")
@@ -248,6 +249,7 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
             t_run = time.perf_counter()
             summary = run_lib.execute(cfg, out=io.StringIO())
             summaries.append(summary)
+            run_seconds.append(_working_seconds(summary, time.perf_counter() - t_run))
             if not args.quiet:
                 fin = summary["final"]["auc"] if summary.get("final") else None
                 print(f"[{i}/{n_runs}] {args.protocol} {row.label}"
@@ -258,7 +260,8 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
                 from clapjax.report.rundir import RunDir
 
                 curves[row.label] = RunDir(root / name).read_metrics()
-        seconds = time.perf_counter() - t_row
+        seconds = sum(run_seconds)
+        total_work += seconds
         if len(summaries) == 1:
             results.append(tables.ResultRow(row.label, row.paper, summaries[0], seconds))
         else:
@@ -272,10 +275,16 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
             results.append(tables.ResultRow(row.label, row.paper, merged, seconds,
                                             runs=len(summaries), final_std=fs, best_std=bs))
     total = time.perf_counter() - t_all
+    if total_work > total + 1.0:  # some runs had finished before this invocation
+        notes_extra = [f"Runs finished before this invocation are reused; their times are their own "
+                       f"working times (summary.json timing_s.elapsed_s), {format_seconds(total_work)} "
+                       f"in all; this invocation took {format_seconds(total)}."]
+    else:
+        notes_extra = []
     synthetic = args.features_dir is None
     features = f"preset {args.preset}" if synthetic else f"real features from {args.features_dir}"
     md = tables.protocol_markdown(TITLES[args.protocol], results, features=features,
-                                  synthetic=synthetic, total_seconds=total, notes=_notes(args))
+                                  synthetic=synthetic, total_seconds=total, notes=_notes(args) + notes_extra)
     target = args.out or (Path(args.workdir) / f"{args.protocol}-{args.preset if synthetic else 'real'}.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(md)
@@ -289,6 +298,14 @@ def run_protocol(args: ProtocolArgs, out=None) -> str:
     if not args.quiet:
         print(f"table written to {target}", file=sys.stderr)
     return md
+
+
+def _working_seconds(summary: dict, measured: float) -> float:
+    """Wall seconds a run worked, over all its sessions (``timing_s.elapsed_s``
+    of its summary.json; a finished run read back keeps its own time), else the
+    time measured around it here."""
+    value = (summary.get("timing_s") or {}).get("elapsed_s")
+    return float(value) if value is not None else float(measured)
 
 
 def _roc_plots(rows: list[RowSpec], root: Path, target: Path) -> list[Path]:
