@@ -202,6 +202,10 @@ def _loop_cluster(f, mask, anomalous, o):
     return float(o.cluster_alpha * pull + (1 - o.cluster_alpha) * push)
 
 
+_CLUSTER = jax.jit(claws.clustering_loss, static_argnames="opts")
+_BATCH = jax.jit(claws.batch_loss, static_argnames="opts")
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(2, 12), st.integers(1, 6), st.booleans(), st.integers(0, 999))
 def test_claws_clustering_loss_matches_loop(b, h, anomalous, seed):
@@ -211,7 +215,13 @@ def test_claws_clustering_loss_matches_loop(b, h, anomalous, seed):
     mask = rng.random(b) < 0.85
     mask[0] = True
     o = CLAWSOptions(cluster_beta=0.6)
-    got = float(claws.clustering_loss(jnp.asarray(f), jnp.asarray(mask), jnp.asarray(anomalous), o))
+    # One padded shape for every example (one compilation): padding rows are masked
+    # out and zero feature columns change no cosine, so padding must change nothing.
+    fp = np.zeros((12, 6), np.float32)
+    fp[:b, :h] = f
+    mp = np.zeros(12, bool)
+    mp[:b] = mask
+    got = float(_CLUSTER(jnp.asarray(fp), jnp.asarray(mp), jnp.asarray(anomalous), o))
     assert got == pytest.approx(_loop_cluster(f.astype(np.float64), mask, anomalous, o), rel=1e-4, abs=1e-5)
 
 
@@ -225,7 +235,8 @@ def test_claws_batch_loss_matches_loop(b, seed, anomalous):
     mask = rng.random(b) < 0.8
     mask[0] = True
     o = CLAWSOptions(lambda_smooth=0.2, lambda_sparse=0.1, lambda_cluster=0.5)
-    got = float(claws.batch_loss(jnp.asarray(s), jnp.asarray(f), jnp.asarray(y), jnp.asarray(mask), o))
+    pad = lambda x, fill=0: np.concatenate([x, np.full((10 - b,) + x.shape[1:], fill, x.dtype)])  # noqa: E731
+    got = float(_BATCH(jnp.asarray(pad(s)), jnp.asarray(pad(f)), jnp.asarray(pad(y)), jnp.asarray(pad(mask, False)), o))
     real = [i for i in range(b) if mask[i]]
     reg = np.mean([(s[i] - y[i]) ** 2 for i in real])
     smooth = sum((s[i] - s[i + 1]) ** 2 for i in range(b - 1) if mask[i] and mask[i + 1])
