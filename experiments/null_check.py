@@ -169,6 +169,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return report
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: one-line errors with exit status 2 (as ``experiments.run``)."""
+    from experiments.run import describe_error
+
+    try:
+        main(argv)
+    except Exception as e:  # noqa: BLE001 - describe_error decides what is user-facing
+        message = describe_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(cli())

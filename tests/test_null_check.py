@@ -54,3 +54,11 @@ def test_compare_on_the_tiny_preset():
     assert 0.0 <= out["same_label_fraction"] <= 1.0 and out["segments"] == ts.features.shape[0]
     # Both null models label one window of the same width per pseudo-anomalous video.
     assert out["quality"]["local"]["labelled"] == out["quality"]["server_mixture"]["labelled"] > 0
+
+
+def test_bad_split_is_one_line_with_status_2(capsys):
+    from experiments.null_check import cli
+
+    assert cli(["--split", "random", "--participants", "3", "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--participants" in err[0]
