@@ -49,6 +49,11 @@ Groups (keys of the JSON):
   ``ks`` has 5 and 50): vmap at K = 5 and K = 50 on all ``rows`` segments,
   interleaved with the sizes: ``ratio`` = t(K=50) / t(K=5), ``paired`` (the
   same ratio per round) and ``computed_rows`` (masked last batches included).
+  Both K also run on ``rows/2`` segments (same rounds) so that each round
+  splits into ``fixed_round_s`` = 2 t(rows/2) − t(rows) (what a round costs
+  whatever its size: parameter broadcast, aggregation, per-participant
+  set-up) and ``per_segment_s`` = (t(rows) − t(rows/2)) / (rows − rows/2),
+  one value per K.
 * ``memory``: ``checks``, one per feature size in ``memory_rows``, each
   ``experiments.bench_train --memory-check`` in a fresh process (K = 13,
   in-memory vmap rounds): start-up RSS, the first (compiling) round's peak,
@@ -404,6 +409,8 @@ def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network:
     configs = [(n, size.scaling_k) for n in sizes]
     flat_ks = (5, 50) if {5, 50} <= set(size.ks) else ()
     configs += [(total, k) for k in flat_ks]
+    # The same two K on half the segments: separates a round's fixed cost from its per-segment cost.
+    configs += [(sizes[1], k) for k in flat_ks]
     mo = ModelOptions.preset(network)
     with RssSampler() as mem:
         engines = []
@@ -428,6 +435,11 @@ def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network:
                          "steady_rounds_s": [small, large], "steady_round_s": steady[3:],
                          "ratio": steady[4] / steady[3], "computed_rows": rows,
                          "paired": {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}}
+        full, half = steady[3:5], steady[5:7]
+        out["k_flat"].update({
+            "half_segments": int(sizes[1]), "half_steady_round_s": half,
+            "fixed_round_s": [2 * h - f for f, h in zip(full, half)],
+            "per_segment_s": [(f - h) / (total - sizes[1]) for f, h in zip(full, half)]})
         log(f"flat in K: K={flat_ks[1]} / K={flat_ks[0]} round time {out['k_flat']['ratio']:.3f} (interleaved)")
     return out
 
@@ -824,7 +836,11 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
         # Smaller participants waste more of their last (masked) batch: this share of the
         # ratio is the data's, the rest (time per computed row) the engine's.
         "computed_rows_ratio": rows_ratio,
-        "time_per_computed_row_ratio": None if kr is None else kr / rows_ratio}
+        "time_per_computed_row_ratio": None if kr is None else kr / rows_ratio,
+        # A round's fixed cost (size-independent) per K, and the ratio of the per-segment costs.
+        "fixed_round_s": None if flat is None else flat.get("fixed_round_s"),
+        "per_segment_ratio": None if flat is None or not flat.get("per_segment_s")
+        else flat["per_segment_s"][1] / flat["per_segment_s"][0]}
     mk = None if many is None else many["ratio"]
     out["flat_in_K_many"] = {
         "description": "vmap round time at K=%s within 1.3x of K=%s on the same segments (clean random splits "
@@ -1010,6 +1026,9 @@ def summary_lines(report: dict) -> list[str]:
     if fk.get("computed_rows_ratio"):
         lines.append(f"  flat_in_K: K=50 computes {fk['computed_rows_ratio']:.3f}x the rows of K=5 (masked last "
                      f"batches); time per computed row {fk['time_per_computed_row_ratio']:.3f}x")
+    if fk.get("fixed_round_s"):
+        lines.append(f"  flat_in_K: fixed cost per round {fk['fixed_round_s'][0]:.3f} s (K=5) / "
+                     f"{fk['fixed_round_s'][1]:.3f} s (K=50); per-segment cost K=50/K=5 {fk['per_segment_ratio']:.3f}")
     for name, t in report["targets"].items():
         m = t["measured"]
         lines.append(f"  target {name}: measured {'n/a' if m is None else f'{m:.3f}'} "

@@ -209,6 +209,14 @@ def render(report: dict) -> str:
             lines += ["", f"Round time at K = {k['K_large']} / K = {k['K_small']} (same {k['segments']:,} segments, "
                       f"vmap, rounds interleaved with the sizes above): {k['ratio']:.3f} (per round: median "
                       f"{k['paired']['median']:.3f}, {k['paired']['min']:.3f}–{k['paired']['max']:.3f})."]
+            if k.get("fixed_round_s"):
+                ks = (k["K_small"], k["K_large"])
+                lines += ["", f"The same two K on {k['half_segments']:,} segments split each round into a fixed part "
+                          "(2·t(half) − t(all): broadcast, aggregation, per-participant set-up) and a per-segment "
+                          "part: " + "; ".join(
+                              f"K = {kk}: fixed {fx:.3f} s, {1e6 * ps:.1f} µs per segment"
+                              for kk, fx, ps in zip(ks, k["fixed_round_s"], k["per_segment_s"]))
+                          + f" (per-segment ratio {k['per_segment_s'][1] / k['per_segment_s'][0]:.3f})."]
         lines.append("")
 
     lines += _many(report)

@@ -200,6 +200,13 @@ def test_flat_in_k_is_measured_interleaved_in_the_scaling_group():
     assert t["measured"] == k["ratio"] and t["computed_rows_ratio"] == 2.0
     assert t["time_per_computed_row_ratio"] == pytest.approx(k["ratio"] / 2.0)
     assert t["from_training_groups"] is None
+    # Half the segments at both K: a round = fixed cost + per-segment cost, recombined exactly.
+    assert k["half_segments"] == 200 and len(k["half_steady_round_s"]) == 2
+    for full, half, fixed, per in zip(k["steady_round_s"], k["half_steady_round_s"], k["fixed_round_s"],
+                                      k["per_segment_s"]):
+        assert fixed + 400 * per == pytest.approx(full) and fixed + 200 * per == pytest.approx(half)
+    assert t["fixed_round_s"] == k["fixed_round_s"]
+    assert t["per_segment_ratio"] == pytest.approx(k["per_segment_s"][1] / k["per_segment_s"][0])
 
 
 def test_device_and_precision_recorded(report):
