@@ -147,8 +147,8 @@ def render(report: dict) -> str:
     load = report["load_average"]
     lines += [f"Machine: {machine_line(report)}.",
               f"Run: {report['date_utc']}, {report['total_s'] / 60:.1f} min; 1-minute load average "
-              f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end (a shared machine: other jobs ran "
-              "concurrently, so absolute numbers are noisy; ratios come from one process and one run).",
+              f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end (the benchmark's own threads count; "
+              "absolute times on a shared machine are noisy, ratios come from one process and one run).",
               f"Device: {_device(report)}; matmul peak (best `jnp.dot` rate over "
               f"{len(report['matmul_peak']['shapes'])} shapes, measured {len(report['matmul_peak']['measurements'])} "
               f"times in the run): {report['matmul_peak']['used_flops_per_s'] / 1e9:.1f} GFLOP/s.", ""]
