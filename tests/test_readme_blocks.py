@@ -48,6 +48,8 @@ QUICK_FLAGS = {
     "experiments.run": "--preset tiny --videos-per-participant 2 --rounds 2",
     "experiments.protocols": "--preset tiny --videos-per-participant 2 --rounds 2",
     "experiments.deploy": "--preset tiny --videos-per-participant 2 --rounds 2",
+    # The full benchmark takes ~15 minutes; its tiny size with one group shows the same report.
+    "experiments.bench": "--size tiny --groups training --backends vmap loop",
 }
 PYTHON_SUBSTITUTIONS = (('preset("default")', 'preset("tiny")'),)
 TIMEOUT_S = 900
