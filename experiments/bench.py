@@ -1029,6 +1029,9 @@ def summary_lines(report: dict) -> list[str]:
     if fk.get("fixed_round_s"):
         lines.append(f"  flat_in_K: fixed cost per round {fk['fixed_round_s'][0]:.3f} s (K=5) / "
                      f"{fk['fixed_round_s'][1]:.3f} s (K=50); per-segment cost K=50/K=5 {fk['per_segment_ratio']:.3f}")
+    if report["size"] != "full":
+        lines.append(f"  ({report['size']} size: a smoke check; the targets below are defined at the full size "
+                     "and these values do not measure them)")
     for name, t in report["targets"].items():
         m = t["measured"]
         lines.append(f"  target {name}: measured {'n/a' if m is None else f'{m:.3f}'} "

@@ -169,6 +169,10 @@ def test_report_renders_markdown(report):
         assert name in text
     # One table row per training result.
     assert sum(line.startswith("| vmap |") for line in text.splitlines()) == len(bench.SIZES["tiny"].ks)
+    # A smoke-check size says that its values do not measure the targets; the full size does not.
+    assert "The tiny size is a smoke check" in text
+    assert "smoke check" not in bench_report.render({**report, "size": "full"})
+    assert any("tiny size: a smoke check" in line for line in bench.summary_lines(report))
 
 
 def test_report_rejects_other_json(tmp_path):
