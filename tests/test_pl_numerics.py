@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clapjax import null_model, packed, spl, vpl, windows
@@ -490,6 +490,7 @@ def test_decaying_spectra_keep_their_entropy_2048():
 @SETTINGS
 @given(lengths=st.lists(st.integers(1, 14), min_size=1, max_size=5), seed=st.integers(0, 2**16),
        name=st.sampled_from(sorted(OPTS)), constant_columns=st.integers(0, 5))
+@example(lengths=[4], seed=1, name="paper", constant_columns=4)  # found in CI: 2.35e-6 against the exact 0
 def test_entropy_with_constant_columns_matches_float64(lengths, seed, name, constant_columns):
     opts = OPTS[name]
     rng = np.random.default_rng(seed)
@@ -503,7 +504,21 @@ def test_entropy_with_constant_columns_matches_float64(lengths, seed, name, cons
     want = [_ref_entropy(v, opts) for v in videos]
     for backend in ("numpy", "jax"):
         got = stats_mod.compute_statistics(features, layout, opts, chunk_bytes=chunk_bytes, eigen_backend=backend)
-        np.testing.assert_allclose(got.stats[:, 1], want, rtol=1e-4, atol=2e-6)
+        np.testing.assert_allclose(got.stats[:, 1], want, rtol=1e-4, atol=_float32_unresolved_entropy(5))
+
+
+def _float32_unresolved_entropy(dim: int, ulps: float = 2.0) -> float:
+    """Entropy that float32 eigenvalues can carry where the exact ones are 0.
+
+    A float32 symmetric eigensolver resolves eigenvalues to about ``eps32 · λ_max``
+    (there is deliberately no cut-off relative to ``λ_max``, see the decaying
+    spectra tests), so each of the ``dim - 1`` eigenvalues beside the largest can
+    hold a spectral share ``p`` of a few ulps, adding ``-p log p`` (+ the
+    renormalisation, ``p``) to the entropy. E.g. 4 segments with one varying
+    column gave 2.35e-6 against the exact 0 (p ~ 1.5 ulp).
+    """
+    p = ulps * float(np.finfo(np.float32).eps)
+    return (dim - 1) * p * (1.0 - np.log(p))
 
 
 def test_noise_floor_formula():
