@@ -53,7 +53,7 @@ Groups (keys of the JSON):
   splits into ``fixed_round_s`` = 2 t(rows/2) − t(rows) (what a round costs
   whatever its size: parameter broadcast, aggregation, per-participant
   set-up) and ``per_segment_s`` = (t(rows) − t(rows/2)) / (rows − rows/2),
-  one value per K.
+  one value per K (``per_segment_ratio``: K = 50 over K = 5).
 * ``memory``: ``checks``, one per feature size in ``memory_rows``, each
   ``experiments.bench_train --memory-check`` in a fresh process (K = 13,
   in-memory vmap rounds): start-up RSS, the first (compiling) round's peak,
@@ -440,6 +440,8 @@ def scaling_group(features: np.ndarray, labels: np.ndarray, size: Size, network:
             "half_segments": int(sizes[1]), "half_steady_round_s": half,
             "fixed_round_s": [2 * h - f for f, h in zip(full, half)],
             "per_segment_s": [(f - h) / (total - sizes[1]) for f, h in zip(full, half)]})
+        per = out["k_flat"]["per_segment_s"]
+        out["k_flat"]["per_segment_ratio"] = per[1] / per[0]
         log(f"flat in K: K={flat_ks[1]} / K={flat_ks[0]} round time {out['k_flat']['ratio']:.3f} (interleaved)")
     return out
 
@@ -839,8 +841,7 @@ def targets(training: list[dict], scaling: dict | None, network: str, batch: int
         "time_per_computed_row_ratio": None if kr is None else kr / rows_ratio,
         # A round's fixed cost (size-independent) per K, and the ratio of the per-segment costs.
         "fixed_round_s": None if flat is None else flat.get("fixed_round_s"),
-        "per_segment_ratio": None if flat is None or not flat.get("per_segment_s")
-        else flat["per_segment_s"][1] / flat["per_segment_s"][0]}
+        "per_segment_ratio": None if flat is None else flat.get("per_segment_ratio")}
     mk = None if many is None else many["ratio"]
     out["flat_in_K_many"] = {
         "description": "vmap round time at K=%s within 1.3x of K=%s on the same segments (clean random splits "

@@ -219,7 +219,7 @@ def render(report: dict) -> str:
                           "part: " + "; ".join(
                               f"K = {kk}: fixed {fx:.3f} s, {1e6 * ps:.1f} µs per segment"
                               for kk, fx, ps in zip(ks, k["fixed_round_s"], k["per_segment_s"]))
-                          + f" (per-segment ratio {k['per_segment_s'][1] / k['per_segment_s'][0]:.3f})."]
+                          + f" (per-segment ratio {k['per_segment_ratio']:.3f})."]
         lines.append("")
 
     lines += _many(report)

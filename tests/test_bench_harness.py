@@ -210,7 +210,7 @@ def test_flat_in_k_is_measured_interleaved_in_the_scaling_group():
                                       k["per_segment_s"]):
         assert fixed + 400 * per == pytest.approx(full) and fixed + 200 * per == pytest.approx(half)
     assert t["fixed_round_s"] == k["fixed_round_s"]
-    assert t["per_segment_ratio"] == pytest.approx(k["per_segment_s"][1] / k["per_segment_s"][0])
+    assert t["per_segment_ratio"] == k["per_segment_ratio"] == pytest.approx(k["per_segment_s"][1] / k["per_segment_s"][0])
 
 
 def test_device_and_precision_recorded(report):
