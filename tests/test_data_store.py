@@ -209,3 +209,70 @@ def test_a_dropped_store_releases_its_threads_and_files(tmp_path):
     for fd in fds.values():
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_a_failed_read_leaves_no_read_running(tmp_path):
+    """The error of one reader task is raised only after the call's other
+    tasks have ended or been cancelled (none keeps reading behind the caller)."""
+    import threading
+    import time
+
+    feats = _features()
+    feats[0][0, 0, 0] = np.inf
+    files = []
+    for i, f in enumerate(feats):
+        np.save(tmp_path / f"v{i}.npy", f.astype(np.float32))
+        files.append([tmp_path / f"v{i}.npy"])
+    store = PackedFeatures(NpyFilesSource(files, [f"v{i}" for i in range(5)], "ucf", "train"), io_threads=2)
+    reader = store._reader
+    runs_of, lock, active, started = reader._runs, threading.Lock(), [0], []
+
+    def slow_runs(runs, out):
+        with lock:
+            active[0] += 1
+            started.append(runs)
+        try:
+            if 0 not in runs[:, 0]:
+                time.sleep(0.2)  # the tasks that do not fail are still reading when one fails
+            runs_of(runs, out)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    reader._runs = slow_runs
+    rows = np.arange(0, store.shape[0], 2)  # one run per row: several tasks per call
+    with pytest.raises(DataError, match="'v0'"):
+        store[rows]
+    assert len(started) >= 2
+    assert active[0] == 0  # every task that started has ended
+    n_started = len(started)
+    time.sleep(0.5)
+    assert len(started) == n_started  # and none starts after the error
+
+
+def test_a_store_dropped_in_its_own_reader_thread_closes_cleanly(tmp_path, monkeypatch):
+    """The last reference can go in a reader thread (a task's arguments are
+    dropped there); the store's threads then exit without joining themselves."""
+    import sys
+    import threading
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    src = _source(tmp_path, "video", np.float32, "keep")
+    before = set(threading.enumerate())
+    store = PackedFeatures(src, io_threads=2)
+    store[:]
+    fds = dict(store._reader._fds)
+    mine = set(threading.enumerate()) - before
+    go = threading.Event()
+    task = store._reader._pool.submit(lambda keep=store: go.wait(10))
+    del store  # the pending task holds the only reference now
+    go.set()
+    task.result(timeout=10)
+    for t in mine:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in mine)
+    assert unraisable == []
+    for fd in fds.values():
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -111,8 +111,14 @@ def _read_exact(fd: int, buf: np.ndarray, offset: int, path: str) -> None:
         done += n
 
 
-def _release(pool: concurrent.futures.ThreadPoolExecutor, fds: dict, lock: threading.Lock) -> None:
-    pool.shutdown(wait=True)
+def _release(pool: concurrent.futures.ThreadPoolExecutor, fds: dict, lock: threading.Lock,
+             pool_threads: set) -> None:
+    # The last reference to a store can go in one of its own reader threads
+    # (a task's bound method is dropped there after the caller got its
+    # result), and a thread cannot join itself. No task is left then (a
+    # queued task would keep the store alive), so the threads are only told
+    # to exit and the descriptors can be closed.
+    pool.shutdown(wait=threading.get_ident() not in pool_threads)
     with lock:
         for fd in fds.values():
             os.close(fd)
@@ -139,10 +145,13 @@ class _Reader:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._max_fds = max(16, min(4096, (soft if soft > 0 else 1024) // 4))
         self.io_threads = max(1, int(io_threads))
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.io_threads, thread_name_prefix="clapjax-io")
+        pool_threads: set[int] = set()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.io_threads, thread_name_prefix="clapjax-io",
+            initializer=lambda: pool_threads.add(threading.get_ident()))
         self._fallback = threading.local()
         # Threads and descriptors go when the store does (or at close()).
-        self._finalizer = weakref.finalize(self, _release, self._pool, self._fds, self._lock)
+        self._finalizer = weakref.finalize(self, _release, self._pool, self._fds, self._lock, pool_threads)
 
     # ------------------------------------------------------------ metadata
     def pieces(self, v: int):
@@ -331,8 +340,18 @@ class _Reader:
         cum = np.cumsum(counts)
         cuts = np.searchsorted(cum, np.linspace(0, cum[-1], 2 * workers + 1)[1:-1], side="right")
         futures = [self._pool.submit(self._runs, part, out) for part in np.split(runs, cuts) if len(part)]
+        # Every task has ended or been cancelled before an error is raised: a
+        # failed read must not leave reads of the same call running behind the
+        # caller (they would write into ``out`` and hold files after the error,
+        # and their .npy header parses would race the caller's own use of
+        # ``ast``, which is not thread-safe on CPython 3.11).
+        _, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        concurrent.futures.wait(pending)
         for f in futures:
-            f.result()
+            if not f.cancelled():
+                f.result()
 
 
 class PackedFeatures:
