@@ -276,3 +276,24 @@ def test_a_store_dropped_in_its_own_reader_thread_closes_cleanly(tmp_path, monke
     for fd in fds.values():
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_reader_threads_never_parse_file_headers(tmp_path):
+    """Row locations (.npy headers, parsed with the thread-unsafe ``ast`` on
+    CPython 3.11) are looked up in the caller's thread only."""
+    import threading
+
+    src = _source(tmp_path, "video", np.float32, "keep")
+    threads = []
+    row_pieces = src.row_pieces
+
+    def recording(i):
+        threads.append(threading.get_ident())
+        return row_pieces(i)
+
+    src.row_pieces = recording
+    store = PackedFeatures(src, io_threads=4)
+    packed, _ = src.read_many(np.arange(5))
+    rows = np.arange(store.shape[0])[::-1]  # reversed: one run per row, every video
+    np.testing.assert_array_equal(store[rows], packed[rows])
+    assert len(threads) == 5 and set(threads) == {threading.get_ident()}

@@ -157,9 +157,8 @@ class _Reader:
     def pieces(self, v: int):
         p = self._pieces[v]
         if p is None:
-            # One thread at a time: the .npy header parser (ast.literal_eval)
-            # is not thread-safe on CPython 3.11 ("AST constructor recursion
-            # depth mismatch" under concurrent reader threads).
+            # One thread at a time (see read(): the .npy header parser is not
+            # thread-safe on CPython 3.11).
             with self._meta_lock:
                 p = self._pieces[v]
                 if p is None:
@@ -324,6 +323,15 @@ class _Reader:
         starts = np.flatnonzero(np.concatenate([[True], ~cont]))
         counts = np.diff(np.concatenate([starts, [srt.size]]))
         runs = np.stack([vid[starts], local[starts], counts, order[starts]], axis=1)
+        # Where each video's rows sit is looked up here, in the calling
+        # thread, never in the reader threads: the .npy header parser
+        # (ast.literal_eval) is not thread-safe on CPython 3.11 ("AST
+        # constructor recursion depth mismatch" when two threads parse at
+        # once). A run reads every training video whole in its main thread
+        # (statistics stage) before training, so training's background
+        # gathers find every header already parsed.
+        for v in np.unique(runs[:, 0]).tolist():
+            self.pieces(v)
         self._dispatch(runs, counts, out)
         if copies is not None:
             out[copies[0]] = out[copies[1]]
