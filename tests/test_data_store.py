@@ -226,14 +226,18 @@ def test_a_failed_read_leaves_no_read_running(tmp_path):
     store = PackedFeatures(NpyFilesSource(files, [f"v{i}" for i in range(5)], "ucf", "train"), io_threads=2)
     reader = store._reader
     runs_of, lock, active, started = reader._runs, threading.Lock(), [0], []
+    other_reading = threading.Event()
 
     def slow_runs(runs, out):
         with lock:
             active[0] += 1
             started.append(runs)
         try:
-            if 0 not in runs[:, 0]:
-                time.sleep(0.2)  # the tasks that do not fail are still reading when one fails
+            if 0 in runs[:, 0]:
+                other_reading.wait(10)  # fail only once another task is reading
+            else:
+                other_reading.set()
+                time.sleep(0.2)  # still reading when the other task fails
             runs_of(runs, out)
         finally:
             with lock:
@@ -263,14 +267,15 @@ def test_a_store_dropped_in_its_own_reader_thread_closes_cleanly(tmp_path, monke
     store = PackedFeatures(src, io_threads=2)
     store[:]
     fds = dict(store._reader._fds)
-    mine = set(threading.enumerate()) - before
     go = threading.Event()
     task = store._reader._pool.submit(lambda keep=store: go.wait(10))
+    mine = set(threading.enumerate()) - before  # the reader thread running the task
+    assert mine
     del store  # the pending task holds the only reference now
     go.set()
     task.result(timeout=10)
     for t in mine:
-        t.join(timeout=10)
+        t.join(timeout=10)  # the store's finalizer ran in it, before it ended
     assert not any(t.is_alive() for t in mine)
     assert unraisable == []
     for fd in fds.values():
