@@ -302,3 +302,32 @@ def test_reader_threads_never_parse_file_headers(tmp_path):
     rows = np.arange(store.shape[0])[::-1]  # reversed: one run per row, every video
     np.testing.assert_array_equal(store[rows], packed[rows])
     assert len(threads) == 5 and set(threads) == {threading.get_ident()}
+
+
+def test_whole_video_reads_run_one_at_a_time(tmp_path):
+    """Sources read through ``source.read`` (here Fortran-ordered files) parse
+    .npy headers inside it, so reader threads call it one at a time."""
+    import threading
+    import time
+
+    src = _source(tmp_path, "fortran", np.float32, "keep")
+    lock, active, most = threading.Lock(), [0], [0]
+    read = src.read
+
+    def recording(i):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.02)
+            return read(i)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    src.read = recording
+    store = PackedFeatures(src, io_threads=4)
+    packed, _ = src.read_many(np.arange(5))
+    rows = np.arange(store.shape[0])[::-1]
+    np.testing.assert_array_equal(store[rows], packed[rows])
+    assert most[0] == 1

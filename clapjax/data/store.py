@@ -270,7 +270,10 @@ class _Reader:
     def _fallback_video(self, v: int) -> np.ndarray:
         cache = self._fallback
         if getattr(cache, "v", None) != v:
-            cache.v, cache.data = v, self.source.read(int(self.videos[v]))
+            # One whole-video read at a time: it may parse an .npy header
+            # (np.load), which two threads must not do at once (see read()).
+            with self._meta_lock:
+                cache.v, cache.data = v, self.source.read(int(self.videos[v]))
         return cache.data
 
     def _check(self, v: int, start: int, rows: np.ndarray) -> None:
