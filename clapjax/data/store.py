@@ -30,7 +30,14 @@ a time, which is correct but re-reads the whole video for every gather.
 Non-finite values raise :class:`~clapjax.data.DataError` naming the video,
 file and segment, like the sources; a video is checked until it has once been
 read whole (the statistics stage reads every training video whole first, so
-later training gathers skip the check).
+later training gathers skip the check). A read that fails raises once every
+other read of the same call has ended or been cancelled: nothing keeps
+reading behind the caller.
+
+Threads: ``.npy`` headers are parsed with ``ast.literal_eval``, which CPython
+3.11 cannot run in two threads at once, so the reader threads never parse:
+row locations are looked up in the calling thread, and whole-video reads
+through ``source.read`` take one lock.
 """
 
 from __future__ import annotations
