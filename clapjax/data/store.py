@@ -360,9 +360,8 @@ class _Reader:
         futures = [self._pool.submit(self._runs, part, out) for part in np.split(runs, cuts) if len(part)]
         # Every task has ended or been cancelled before an error is raised: a
         # failed read must not leave reads of the same call running behind the
-        # caller (they would write into ``out`` and hold files after the error,
-        # and their .npy header parses would race the caller's own use of
-        # ``ast``, which is not thread-safe on CPython 3.11).
+        # caller (they would write into ``out``, hold files and keep the store
+        # alive after the error).
         _, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
