@@ -81,6 +81,17 @@ def _source(tmp, layout, dtype, crops):
     return NpyFilesSource(spec, names, "ucf", "train", crops=crops)
 
 
+def _source_with_value(tmp, at, value):
+    """Float32 ``(m, C, D)`` files of the videos with ``value`` at ``at = (video, segment, crop, dim)``."""
+    feats = _features()
+    feats[at[0]][at[1:]] = value
+    files = []
+    for i, f in enumerate(feats):
+        np.save(tmp / f"v{i}.npy", f.astype(np.float32))
+        files.append([tmp / f"v{i}.npy"])
+    return NpyFilesSource(files, [f"v{i}" for i in range(len(feats))], "ucf", "train")
+
+
 LAYOUTS = ["video", "video2d", "crops", "crops_first", "concatenated", "fortran", "text"]
 DTYPES = [np.float32, np.float16, np.float64, ">f4"]
 
@@ -139,14 +150,7 @@ def test_store_is_never_materialised_implicitly(tmp_path):
 
 
 def test_non_finite_rows_name_video_file_and_segment(tmp_path):
-    feats = _features()
-    feats[2][4, 1, 3] = np.nan
-    files = []
-    for i, f in enumerate(feats):
-        np.save(tmp_path / f"v{i}.npy", f.astype(np.float32))
-        files.append([tmp_path / f"v{i}.npy"])
-    src = NpyFilesSource(files, [f"v{i}" for i in range(5)], "ucf", "train")
-    store = PackedFeatures(src)
+    store = PackedFeatures(_source_with_value(tmp_path, (2, 4, 1, 3), np.nan))
     row = int(np.cumsum(LENGTHS)[1]) + 4
     with pytest.raises(DataError, match=r"video 'v2' \(file .*v2.npy\).*segment 4"):
         store[np.array([0, row])]
@@ -217,13 +221,7 @@ def test_a_failed_read_leaves_no_read_running(tmp_path):
     import threading
     import time
 
-    feats = _features()
-    feats[0][0, 0, 0] = np.inf
-    files = []
-    for i, f in enumerate(feats):
-        np.save(tmp_path / f"v{i}.npy", f.astype(np.float32))
-        files.append([tmp_path / f"v{i}.npy"])
-    store = PackedFeatures(NpyFilesSource(files, [f"v{i}" for i in range(5)], "ucf", "train"), io_threads=2)
+    store = PackedFeatures(_source_with_value(tmp_path, (0, 0, 0, 0), np.inf), io_threads=2)
     reader = store._reader
     runs_of, lock, active, started = reader._runs, threading.Lock(), [0], []
     other_reading = threading.Event()
